@@ -1,0 +1,1846 @@
+#!/usr/bin/env python3
+"""sigsync: a durable, self-checking record keeper for TradingView signal webhooks.
+
+One process, one SQLite file. Sections, in dependency order (search for the banner):
+
+    CONFIGURATION   settings from flags, SIGSYNC_* variables and *_FILE secrets
+    ERRORS          the exception hierarchy and the one JSON error shape
+    CLOCK           injected time; New York conversions; trade_id; sessions
+    DATABASE        open_db, schema and migrations, the writer lock
+    INGEST          raw body -> validated, normalised events -> the log
+    LIFECYCLE       the fold: events -> one signal row, order-independent
+    OPERATIONS      rebuild, replay-rejected, demo
+    WEB APP         make_app: webhook, read endpoints, one error shape
+    SERVICE         waitress server, scheduler, sd_notify, graceful shutdown
+    CLI             cmd_* handlers and main()
+"""
+
+import argparse
+import dataclasses
+import datetime as dt
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import math
+import os
+import random
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+import zoneinfo
+
+import apsw
+import bottle
+import schedule
+
+__version__ = "0.1.0"
+HERE = os.path.dirname(os.path.abspath(__file__))
+log = logging.getLogger("sigsync")
+
+
+# ============================================================================================
+# CONFIGURATION
+# ============================================================================================
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One configuration knob: its flag, its environment variable, default and meaning."""
+    name: str
+    default: object
+    kind: type
+    help: str
+
+    @property
+    def flag(self):
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self):
+        return "SIGSYNC_" + self.name.upper()
+
+
+SETTINGS = [
+    Setting("db", "./sigsync.db", str, "SQLite database file"),
+    Setting("host", "127.0.0.1", str, "address to listen on"),
+    Setting("port", 8080, int, "TCP port to listen on (0: any free port, printed at start)"),
+    Setting("secret", None, str, "webhook secret, sent as ?token= or a \"secret\" body field "
+            "(also SIGSYNC_SECRET_FILE or the systemd credential 'secret')"),
+    Setting("read_token", None, str, "token for the read API and page when listening beyond "
+            "loopback (?token= or Authorization: Bearer; also SIGSYNC_READ_TOKEN_FILE)"),
+    Setting("allow_ips", "", list, "comma list of client addresses/networks allowed to post "
+            "webhooks (empty: any). TradingView: 52.89.214.238,34.212.75.30,54.218.53.128,52.32.178.7"),
+    Setting("trusted_proxies", "", list, "comma list of proxy addresses whose X-Forwarded-For "
+            "is believed (e.g. 127.0.0.1 behind nginx)"),
+    Setting("max_body", 65536, int, "largest accepted request body in bytes (larger: 413)"),
+    Setting("max_dead_letters", 10000, int, "dead letters kept; the oldest are dropped beyond"),
+    Setting("threads", 4, int, "HTTP worker threads"),
+    Setting("connection_limit", 100, int, "open HTTP connections before new ones wait"),
+    Setting("insecure", False, bool, "allow a non-loopback bind without a secret/read token"),
+    Setting("log_level", "INFO", str, "DEBUG, INFO, WARNING or ERROR"),
+    Setting("display_tz", "America/New_York", str, "time zone for display (storage is UTC)"),
+    Setting("checkpoint_seconds", 5, int, "WAL checkpoint period of the running server"),
+]
+SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+@dataclasses.dataclass
+class Config:
+    db: str = "./sigsync.db"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    secret: str = None
+    read_token: str = None
+    allow_ips: list = dataclasses.field(default_factory=list)
+    trusted_proxies: list = dataclasses.field(default_factory=list)
+    max_body: int = 65536
+    max_dead_letters: int = 10000
+    threads: int = 4
+    connection_limit: int = 100
+    insecure: bool = False
+    log_level: str = "INFO"
+    display_tz: str = "America/New_York"
+    checkpoint_seconds: int = 5
+
+    @property
+    def loopback_only(self):
+        return _is_loopback(self.host)
+
+
+def _parse_setting(setting, raw):
+    if setting.kind is bool:
+        return str(raw).strip().lower() in ("1", "true", "yes", "on")
+    if setting.kind is int:
+        return int(raw)
+    if setting.kind is list:
+        return [p.strip() for p in str(raw).split(",") if p.strip()]
+    return raw
+
+
+def load_config(args=None, environ=None):
+    """Build a Config: flag, else SIGSYNC_* variable, else SIGSYNC_*_FILE, else default."""
+    environ = os.environ if environ is None else environ
+    values = {}
+    for s in SETTINGS:
+        raw = getattr(args, s.name, None) if args is not None else None
+        if raw is None and s.env in environ:
+            raw = environ[s.env]
+        if raw is None and s.env + "_FILE" in environ:
+            with open(environ[s.env + "_FILE"], encoding="utf-8") as f:
+                raw = f.read().strip()
+        if raw is None and s.kind is str and environ.get("CREDENTIALS_DIRECTORY"):
+            path = os.path.join(environ["CREDENTIALS_DIRECTORY"], s.name)
+            if os.path.exists(path):
+                with open(path, encoding="utf-8") as f:
+                    raw = f.read().strip()
+        values[s.name] = s.default if raw is None else raw
+        if values[s.name] is not None:
+            values[s.name] = _parse_setting(s, values[s.name])
+    return Config(**values)
+
+
+def _is_loopback(host):
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _in_networks(addr, networks):
+    try:
+        ip = ipaddress.ip_address(addr)
+    except ValueError:
+        return False
+    return any(ip in ipaddress.ip_network(n, strict=False) for n in networks)
+
+
+# ============================================================================================
+# ERRORS
+# ============================================================================================
+
+class SigsyncError(Exception):
+    """Base of every error sigsync raises on purpose."""
+    status = 500
+    code = "internal_error"
+
+    def __init__(self, message, code=None, status=None):
+        super().__init__(message)
+        self.message = message
+        if code:
+            self.code = code
+        if status:
+            self.status = status
+
+
+class Rejected(SigsyncError):
+    """The request is refused (4xx); its raw body goes to the dead letters."""
+    status = 400
+    code = "invalid"
+
+
+class StorageUnavailable(SigsyncError):
+    """The database could not take the write in time: 503, and TradingView resends."""
+    status = 503
+    code = "storage_unavailable"
+
+
+class NotFound(SigsyncError):
+    status = 404
+    code = "not_found"
+
+
+class BadRequest(SigsyncError):
+    """A read request with a bad parameter (not a webhook: nothing is dead-lettered)."""
+    status = 400
+    code = "bad_request"
+
+
+def error_body(code, message):
+    return {"ok": False, "error": {"code": code, "message": message}}
+
+
+# ============================================================================================
+# CLOCK
+# ============================================================================================
+
+UTC = dt.timezone.utc
+NEW_YORK = zoneinfo.ZoneInfo("America/New_York")
+
+
+class Clock:
+    """The real clock. Domain code never calls time itself: it is handed `now`."""
+
+    def now(self):
+        return dt.datetime.now(UTC)
+
+
+class FixedClock(Clock):
+    """A settable clock for tests and the demo."""
+
+    def __init__(self, start):
+        self.current = start if isinstance(start, dt.datetime) else parse_time(start, "start")[0]
+
+    def now(self):
+        return self.current
+
+    def advance(self, seconds):
+        self.current += dt.timedelta(seconds=seconds)
+        return self.current
+
+
+def iso(moment):
+    """UTC ISO-8601 with milliseconds and Z: the one stored time format."""
+    moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (moment.microsecond // 1000)
+
+
+def from_iso(text):
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def ny_local_to_utc(naive):
+    """New York wall-clock time -> aware UTC.
+
+    Deterministic at the DST edges (PEP 495 fold=0): an ambiguous time (the repeated hour in
+    November) is the first occurrence, i.e. daylight time; a non-existent time (the skipped hour
+    in March) is read with the offset in force before the jump, so 02:30 becomes 03:30 EDT.
+    """
+    return naive.replace(tzinfo=NEW_YORK, fold=0).astimezone(UTC)
+
+
+_EPOCH_MS_MIN = 946684800000      # 2000-01-01: smaller numbers are taken as epoch seconds
+_TIME_MIN = dt.datetime(1990, 1, 1, tzinfo=UTC)
+_TIME_MAX = dt.datetime(2100, 1, 1, tzinfo=UTC)
+_TIME_OF_DAY = re.compile(r"^\d{1,2}:\d{2}(:\d{2}(\.\d{1,6})?)?$")
+
+
+def parse_time(value, field):
+    """A payload time -> (aware UTC datetime, kind). Raises Rejected naming the field.
+
+    Accepted: epoch milliseconds (number or digit string; below year 2000 read as seconds),
+    ISO-8601 with Z or an offset (taken as is), naive ISO-8601 (New York wall clock).
+    """
+    if isinstance(value, bool):
+        raise Rejected(f"{field}: expected a time, got a boolean", "invalid_field")
+    if isinstance(value, str) and re.fullmatch(r"\s*-?\d+(\.\d+)?\s*", value):
+        value = float(value)
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise Rejected(f"{field}: not a finite number", "invalid_field")
+        seconds = value / 1000.0 if abs(value) >= _EPOCH_MS_MIN else float(value)
+        try:
+            moment = dt.datetime.fromtimestamp(seconds, UTC)
+        except (OverflowError, OSError, ValueError):
+            raise Rejected(f"{field}: epoch value out of range: {value!r}", "invalid_field")
+        kind = "epoch"
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            raise Rejected(f"{field}: not a time: {value[:60]!r} (use ISO-8601 or epoch ms)",
+                           "invalid_field")
+        if moment.tzinfo is None:
+            moment, kind = ny_local_to_utc(moment), "new_york"
+        else:
+            moment, kind = moment.astimezone(UTC), "offset"
+    else:
+        raise Rejected(f"{field}: expected a time, got {type(value).__name__}", "invalid_field")
+    if not _TIME_MIN <= moment < _TIME_MAX:
+        raise Rejected(f"{field}: time out of range: {value!r}", "invalid_field")
+    return moment, kind
+
+
+TRADE_ID = re.compile(r"^(\d{4})(\d{2})(\d{2})_(\d{2})(\d{2})(\d{2})(\d{3})?_(BULLISH|BEARISH)$")
+
+
+def parse_trade_id(trade_id):
+    """`YYYYMMDD_HHMMSSmmm_BULLISH|BEARISH` (or the legacy 6-digit time) -> (UTC, direction).
+
+    The time is the triangle bar's open in New York. Raises Rejected if the id is not valid.
+    """
+    m = TRADE_ID.match(trade_id) if isinstance(trade_id, str) else None
+    if not m:
+        raise Rejected(f"trade_id: {str(trade_id)[:60]!r} does not match "
+                       "YYYYMMDD_HHMMSSmmm_BULLISH|BEARISH", "invalid_trade_id")
+    y, mo, d, h, mi, s, ms, side = m.groups()
+    try:
+        naive = dt.datetime(int(y), int(mo), int(d), int(h), int(mi), int(s),
+                            int(ms or 0) * 1000)
+    except ValueError:
+        raise Rejected(f"trade_id: {trade_id!r} has an impossible date or time",
+                       "invalid_trade_id")
+    return ny_local_to_utc(naive), side.capitalize()
+
+
+SESSIONS = ["ASIA", "LONDON", "NY PRE", "NY AM", "NY LUNCH", "NY PM", "AFTER_HOURS"]
+
+
+def session_of(moment):
+    """Trading session of a triangle time, from its New York wall-clock time (SPEC 1.4)."""
+    local = moment.astimezone(NEW_YORK)
+    minutes = local.hour * 60 + local.minute
+    if minutes >= 20 * 60:
+        return "ASIA"
+    if minutes < 6 * 60:
+        return "LONDON"
+    if minutes < 8 * 60 + 30:
+        return "NY PRE"
+    if minutes < 12 * 60:
+        return "NY AM"
+    if minutes < 13 * 60:
+        return "NY LUNCH"
+    if minutes < 16 * 60:
+        return "NY PM"
+    return "AFTER_HOURS"
+
+
+def ny_date(moment):
+    return moment.astimezone(NEW_YORK).date().isoformat()
+
+
+# ============================================================================================
+# DATABASE
+# ============================================================================================
+
+SCHEMA_PATH = os.path.join(HERE, "schema.sql")
+VIEWS_MARKER = "-- @views"
+BUSY_TIMEOUT_MS = 1200          # with the writer lock wait below, a 503 comes within ~2.3 s
+WRITER_LOCK_SECONDS = 1.0
+
+# Numbered, append-only migrations: MIGRATIONS[n] takes user_version n to n + 1. Each runs in
+# one transaction with the version bump inside. A fresh database gets schema.sql directly.
+MIGRATIONS = {}
+
+
+def _read_schema():
+    with open(SCHEMA_PATH, encoding="utf-8") as f:
+        text = f.read()
+    tables, _, views = text.partition(VIEWS_MARKER)
+    return tables, views
+
+
+def schema_version():
+    tables, _ = _read_schema()
+    return int(re.search(r"PRAGMA user_version = (\d+);", tables).group(1))
+
+
+class Database:
+    """The database: one writer connection serialised by a lock, one reader per thread."""
+
+    def __init__(self, path, *, autocheckpoint=True):
+        self.path = path
+        self.lock = threading.Lock()
+        self.writer = _connect(path)
+        if not autocheckpoint:
+            # The server checkpoints from a background job instead (MEASURED.md: it keeps
+            # checkpoints off the request path, which is where most tail latency came from).
+            self.writer.execute("PRAGMA wal_autocheckpoint = 0")
+        self._local = threading.local()
+        self._readers = []
+        _migrate(self.writer)
+
+    def reader(self):
+        """This thread's read connection."""
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = _connect(self.path)
+            conn.execute("PRAGMA query_only = 1")
+            self._readers.append(conn)
+        return conn
+
+    def write(self):
+        """Context manager: the writer lock and one IMMEDIATE transaction, or StorageUnavailable."""
+        return _WriteTxn(self)
+
+    def query(self, sql, params=()):
+        """Rows as dicts, from this thread's reader."""
+        cur = self.reader().execute(sql, params)
+        try:
+            names = [d[0] for d in cur.getdescription()]
+        except apsw.ExecutionCompleteError:
+            return []
+        return [dict(zip(names, row)) for row in cur]
+
+    def checkpoint(self):
+        with self.lock:
+            return self.writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+    def close(self):
+        for conn in self._readers:
+            try:
+                conn.close()
+            except apsw.Error:
+                pass
+        with self.lock:
+            self.writer.close()
+
+
+STORAGE_ERRORS = (apsw.BusyError, apsw.LockedError, apsw.IOError, apsw.FullError,
+                  apsw.CantOpenError, apsw.ReadOnlyError, apsw.CorruptError, apsw.NotADBError,
+                  apsw.ProtocolError)
+
+
+class _WriteTxn:
+    def __init__(self, db):
+        self.db = db
+
+    def __enter__(self):
+        if not self.db.lock.acquire(timeout=WRITER_LOCK_SECONDS):
+            raise StorageUnavailable("the database is busy; retry shortly")
+        try:
+            self.db.writer.execute("BEGIN IMMEDIATE")
+        except STORAGE_ERRORS as e:
+            self.db.lock.release()
+            raise StorageUnavailable(f"the database is unavailable: {e}") from e
+        except BaseException:
+            self.db.lock.release()
+            raise
+        return self.db.writer
+
+    def __exit__(self, exc_type, exc, tb):
+        conn = self.db.writer
+        try:
+            if exc_type is None:
+                try:
+                    conn.execute("COMMIT")
+                except STORAGE_ERRORS as e:
+                    _rollback(conn)
+                    raise StorageUnavailable(f"the database could not commit: {e}") from e
+            else:
+                _rollback(conn)
+                if isinstance(exc, STORAGE_ERRORS):
+                    raise StorageUnavailable(f"the database is unavailable: {exc}") from exc
+        finally:
+            self.db.lock.release()
+        return False
+
+
+def _rollback(conn):
+    try:
+        if not conn.getautocommit():
+            conn.execute("ROLLBACK")
+    except apsw.Error:
+        pass
+
+
+def _connect(path):
+    conn = apsw.Connection(path)
+    conn.setbusytimeout(BUSY_TIMEOUT_MS)
+    conn.execute("PRAGMA journal_mode = WAL")
+    # FULL: the WAL is fsynced at every commit, so a 2xx survives power loss, not only a crash.
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+def _migrate(conn):
+    tables, views = _read_schema()
+    target = schema_version()
+    version = conn.execute("PRAGMA user_version").fetchall()[0][0]
+    if version > target:
+        raise SigsyncError(f"database schema version {version} is newer than this program "
+                           f"({target}); upgrade sigsync")
+    with conn:
+        if version == 0 and not _table_names(conn):
+            conn.execute(tables)
+        else:
+            while version < target:
+                conn.execute(MIGRATIONS[version])
+                version += 1
+                conn.execute(f"PRAGMA user_version = {version}")
+        conn.execute(views)
+
+
+def _table_names(conn):
+    return [r[0] for r in conn.execute(
+        "SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")]
+
+
+def open_db(path, *, autocheckpoint=True):
+    """Open (creating and migrating as needed) the database at `path`."""
+    try:
+        return Database(path, autocheckpoint=autocheckpoint)
+    except apsw.Error as e:
+        raise SigsyncError(f"cannot open database {path}: {e}") from e
+
+
+def _bump(conn, name, by=1):
+    conn.execute("INSERT INTO counters(name, value) VALUES (?, ?) "
+                 "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", (name, by))
+
+
+# ============================================================================================
+# INGEST
+# ============================================================================================
+
+# The one alias table for event names: everything is stored under the canonical name.
+EVENT_TYPES = {
+    "SIGNAL_CREATED": "SIGNAL_CREATED", "signal_created": "SIGNAL_CREATED",
+    "ENTRY": "ENTRY", "entry": "ENTRY", "CONFIRMED": "ENTRY",
+    "MFE_UPDATE": "MFE_UPDATE", "mfe_update": "MFE_UPDATE",
+    "MFE_UPDATE_BATCH": "MFE_UPDATE_BATCH",
+    "BE_TRIGGERED": "BE_TRIGGERED", "be_triggered": "BE_TRIGGERED",
+    "EXIT_BE": "EXIT_BE", "EXIT_BREAK_EVEN": "EXIT_BE",
+    "EXIT_SL": "EXIT_SL", "EXIT_STOP_LOSS": "EXIT_SL", "signal_completed": "EXIT_SL",
+    "EXIT_TP": "EXIT_TP", "EXIT_TAKE_PROFIT": "EXIT_TP",
+    "CANCELLED": "CANCELLED", "SIGNAL_CANCELLED": "CANCELLED",
+    "HEARTBEAT": "HEARTBEAT",
+    "BAR": "BAR",
+}
+# Snapshot formats of the later indicator: recognised, not yet folded; refused clearly (and kept
+# as dead letters, so they can be replayed once supported).
+SNAPSHOT_TYPES = {"UNIFIED_SNAPSHOT_V1", "INDICATOR_EXPORT_V2", "ALL_SIGNALS_EXPORT"}
+LIFECYCLE_TYPES = {"SIGNAL_CREATED", "ENTRY", "BE_TRIGGERED", "EXIT_BE", "EXIT_SL", "EXIT_TP",
+                   "CANCELLED"}
+TRADE_TYPES = LIFECYCLE_TYPES | {"MFE_UPDATE"}
+
+# The one alias table for field names (applied once; 0 is a value, never "missing").
+FIELD_ALIASES = {
+    "signal_id": "trade_id",
+    "sl_price": "stop_loss", "stop": "stop_loss",
+    "entry": "entry_price",
+    "mae_global_R": "mae_global_r", "mae_R_global": "mae_global_r", "mae": "mae_global_r",
+    "mae_R": "mae_global_r",
+    "final_mfe_R": "final_mfe",
+    "be_mfe_R": "be_mfe",
+    "no_be_mfe_R": "no_be_mfe", "mfe_R": "no_be_mfe",
+    "cancelled_time": "cancelled_at",
+}
+NUMBER_FIELDS = {
+    "entry_price", "stop_loss", "be_mfe", "no_be_mfe", "mae_global_r", "final_mfe",
+    "final_be_mfe", "final_no_be_mfe", "exit_price", "current_price", "be_price", "risk_R",
+    "risk_distance", "position_size", "signal_price", "lowest_low", "highest_high",
+    "open", "high", "low", "close",
+}
+INTEGER_FIELDS = {"bars_pending": 0, "bars_to_confirmation": 1}   # field -> smallest value
+TIME_FIELDS = {"event_timestamp", "timestamp", "confirmation_time", "cancelled_at",
+               "exit_timestamp", "time"}
+TARGET_FIELDS = ("tp1_price", "tp2_price", "tp3_price")
+DIRECTIONS = {"BULLISH": "Bullish", "LONG": "Bullish", "BEARISH": "Bearish", "SHORT": "Bearish"}
+_PLACEHOLDER = re.compile(r"\{\{.*?\}\}")
+_SECRET_IN_BODY = re.compile(rb'("secret"\s*:\s*)"(?:[^"\\]|\\.)*"')
+
+
+class _BadConstant:
+    """Marks NaN/Infinity found by the JSON parser, so the error can name the field."""
+
+    def __init__(self, text):
+        self.text = text
+
+
+def mask_secret(raw):
+    """The raw body with the value of a "secret" field replaced by "***" (nothing else changes)."""
+    return _SECRET_IN_BODY.sub(rb'\1"***"', raw)
+
+
+def parse_body(raw):
+    """Raw bytes -> the JSON object sent. Raises Rejected with a precise reason."""
+    if not raw or not raw.strip():
+        raise Rejected("the request body is empty; send the alert message as JSON", "empty_body")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise Rejected(f"the body is not UTF-8 text (byte {e.start})", "invalid_encoding")
+    try:
+        data = json.loads(text, parse_constant=_BadConstant)
+    except json.JSONDecodeError as e:
+        raise Rejected(f"the body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}",
+                       "invalid_json")
+    except RecursionError:
+        raise Rejected("the body nests too deeply", "invalid_json")
+    if not isinstance(data, dict):
+        raise Rejected(f"the body must be a JSON object, got a JSON {type(data).__name__}",
+                       "not_an_object")
+    return data
+
+
+def _check_values(value, path):
+    """Reject NaN/Infinity and unreplaced {{placeholders}} anywhere, naming the field."""
+    if isinstance(value, _BadConstant):
+        raise Rejected(f"{path}: {value.text} is not a valid value", "invalid_field")
+    if isinstance(value, str) and _PLACEHOLDER.search(value):
+        raise Rejected(f"{path}: unreplaced placeholder {value[:60]!r} (check the alert message)",
+                       "invalid_field")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_values(v, f"{path}.{k}")
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _check_values(v, f"{path}[{i}]")
+
+
+_NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _number(value, path):
+    """A number, or a string holding one -> float. None stays None. Raises Rejected."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise Rejected(f"{path}: expected a number, got a boolean", "invalid_field")
+    if isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, str) and _NUMBER.match(value.strip()):
+        number = float(value.strip())
+    else:
+        raise Rejected(f"{path}: expected a number, got {json.dumps(value)[:60]}",
+                       "invalid_field")
+    if not math.isfinite(number):
+        raise Rejected(f"{path}: {value!r} is not a finite number", "invalid_field")
+    return number
+
+
+def _apply_aliases(data, path):
+    out = {}
+    for key, value in data.items():
+        canonical = FIELD_ALIASES.get(key, key)
+        if canonical in out and out[canonical] != value:
+            raise Rejected(f"{path}{key}: conflicts with another name for {canonical} "
+                           f"({json.dumps(out[canonical])[:40]} vs {json.dumps(value)[:40]})",
+                           "invalid_field")
+        if canonical != key and canonical in data and data[canonical] != value:
+            raise Rejected(f"{path}{key}: both {key} and {canonical} given, with different "
+                           "values", "invalid_field")
+        out[canonical] = value
+    return out
+
+
+def _normalise_fields(data, path=""):
+    """Aliases, number coercion, times to UTC, direction and session spelling."""
+    data = _apply_aliases(data, path)
+    for key in list(data):
+        value, where = data[key], f"{path}{key}"
+        if key in NUMBER_FIELDS:
+            data[key] = _number(value, where)
+        elif key in INTEGER_FIELDS and value is not None:
+            number = _number(value, where)
+            if number != int(number) or number < INTEGER_FIELDS[key]:
+                raise Rejected(f"{where}: expected a whole number >= {INTEGER_FIELDS[key]}, "
+                               f"got {value!r}", "invalid_field")
+            data[key] = int(number)
+        elif key in TIME_FIELDS and value is not None:
+            data[key] = iso(parse_time(value, where)[0])
+        elif key == "direction" and value is not None:
+            if not isinstance(value, str) or value.strip().upper() not in DIRECTIONS:
+                raise Rejected(f"{where}: {json.dumps(value)[:40]} is not Bullish/Bearish "
+                               "(LONG/SHORT accepted)", "invalid_field")
+            data[key] = DIRECTIONS[value.strip().upper()]
+        elif key == "targets" and value is not None:
+            if not isinstance(value, dict):
+                raise Rejected(f"{where}: expected an object of tp1_price..tp3_price",
+                               "invalid_field")
+            data[key] = {k: (_number(v, f"{where}.{k}") if k in TARGET_FIELDS else v)
+                         for k, v in value.items()}
+        elif key in ("htf_alignment", "setup", "market_state") and value is not None:
+            if not isinstance(value, dict):
+                raise Rejected(f"{where}: expected an object", "invalid_field")
+        elif key == "be_triggered" and value is not None and not isinstance(value, bool):
+            raise Rejected(f"{where}: expected true or false", "invalid_field")
+    if "signal_time" in data and data["signal_time"] is not None:
+        data["signal_time"] = _signal_time(data, path)
+    if isinstance(data.get("session"), str):
+        label = data["session"].strip().upper().replace("_", " ")
+        label = "AFTER_HOURS" if label == "AFTER HOURS" else label
+        if label in SESSIONS:
+            data["session"] = label
+    return data
+
+
+def _signal_time(data, path):
+    """signal_time may be a full time, or a time of day beside signal_date (New York)."""
+    value = data["signal_time"]
+    if isinstance(value, str) and _TIME_OF_DAY.match(value.strip()):
+        day = data.get("signal_date")
+        if not isinstance(day, str) or not re.fullmatch(r"\d{4}-\d{2}-\d{2}", day.strip()):
+            raise Rejected(f"{path}signal_time: a time of day needs signal_date (YYYY-MM-DD)",
+                           "invalid_field")
+        value = f"{day.strip()}T{value.strip()}"
+    return iso(parse_time(value, f"{path}signal_time")[0])
+
+
+def _require(data, field, path, event_type):
+    if data.get(field) is None:
+        raise Rejected(f"{path}{field}: required for {event_type}", "missing_field")
+
+
+def normalise(data):
+    """A parsed body -> (kind, [event payloads]). Raises Rejected with the field named.
+
+    kind is the canonical event type of the request (MFE_UPDATE_BATCH for batches, which expand
+    into one MFE_UPDATE payload per element).
+    """
+    if "event_type" not in data and isinstance(data.get("attributes"), dict):
+        data = data["attributes"]              # the {"attributes": {...}} wrapper
+    _check_values(data, "body")
+    raw_type = data.get("event_type")
+    if raw_type is None:
+        raise Rejected("event_type: required (e.g. \"ENTRY\")", "missing_field")
+    if not isinstance(raw_type, str):
+        raise Rejected("event_type: expected a string", "invalid_field")
+    if raw_type in SNAPSHOT_TYPES:
+        raise Rejected(f"event_type: {raw_type} snapshots are recognised but not supported yet; "
+                       "the body is kept and can be replayed later", "unsupported_event_type")
+    event_type = EVENT_TYPES.get(raw_type.strip())
+    if event_type is None:
+        raise Rejected(f"event_type: unknown type {raw_type[:40]!r}; expected one of "
+                       + ", ".join(sorted(set(EVENT_TYPES.values()))), "unknown_event_type")
+    if event_type == "MFE_UPDATE_BATCH":
+        return event_type, _normalise_batch(data)
+    payload = _normalise_fields({k: v for k, v in data.items() if k != "event_type"})
+    payload["event_type"] = event_type
+    _validate_event(payload, "")
+    return event_type, [payload]
+
+
+def _normalise_batch(data):
+    elements = data.get("signals")
+    if not isinstance(elements, list):
+        raise Rejected("signals: MFE_UPDATE_BATCH needs a \"signals\" array", "missing_field"
+                       if elements is None else "invalid_field")
+    envelope = _normalise_fields({k: data[k] for k in ("timestamp", "event_timestamp",
+                                                       "symbol", "timeframe") if k in data})
+    payloads = []
+    for i, element in enumerate(elements):
+        path = f"signals[{i}]."
+        if not isinstance(element, dict):
+            raise Rejected(f"signals[{i}]: expected an object", "invalid_field")
+        payload = dict(envelope)
+        payload.update(_normalise_fields(dict(element), path))
+        payload["event_type"] = "MFE_UPDATE"
+        _validate_event(payload, path)
+        payloads.append(payload)
+    return payloads
+
+
+def _validate_event(payload, path):
+    event_type = payload["event_type"]
+    if event_type in TRADE_TYPES:
+        _require(payload, "trade_id", path, event_type)
+        id_time, id_direction = parse_trade_id(payload["trade_id"])
+        if event_type in ("SIGNAL_CREATED", "ENTRY"):
+            _require(payload, "direction", path, event_type)
+    if event_type == "BAR":
+        for field in ("symbol", "time", "open", "high", "low", "close"):
+            _require(payload, field, path, "BAR")
+        o, h, lo, c = (payload[k] for k in ("open", "high", "low", "close"))
+        if not (h >= max(o, c, lo) and lo <= min(o, c)):
+            raise Rejected(f"{path}high/low: inconsistent bar (open {o}, high {h}, low {lo}, "
+                           f"close {c})", "invalid_field")
+    for field in ("stop_loss", "entry_price"):
+        if payload.get(field) is not None and payload[field] <= 0:
+            raise Rejected(f"{path}{field}: must be a positive price, got {payload[field]}",
+                           "invalid_field")
+
+
+def _canonical(payload):
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _event_time(payload):
+    return payload.get("event_timestamp") or payload.get("timestamp") or payload.get("time")
+
+
+@dataclasses.dataclass
+class IngestResult:
+    """What happened to one accepted request."""
+    request_id: int
+    event_type: str
+    events: list          # [{"event_id", "trade_id", "event_type", "duplicate"}]
+
+    def response(self):
+        first = self.events[0] if self.events else None
+        body = {"ok": True,
+                "event_id": first["event_id"] if first else None,
+                "trade_id": first["trade_id"] if len(self.events) == 1 else None,
+                "duplicate": bool(self.events) and all(e["duplicate"] for e in self.events)}
+        if self.event_type == "MFE_UPDATE_BATCH":
+            body["events"] = self.events
+        return body
+
+
+def ingest(db, raw, *, now, peer=None, path="/api/automated-signals/webhook",
+           content_type=None, source="webhook", data=None):
+    """Validate and store one request durably; fold its events into the signals.
+
+    Returns IngestResult once the transaction is committed (the caller may then answer 2xx).
+    Raises Rejected (not stored here: see reject()) or StorageUnavailable.
+    """
+    data = parse_body(raw) if data is None else data
+    data = {k: v for k, v in data.items() if k != "secret"}
+    if isinstance(data.get("attributes"), dict):
+        data["attributes"] = {k: v for k, v in data["attributes"].items() if k != "secret"}
+    event_type, payloads = normalise(data)
+    received_at = iso(now)
+    stored = []
+    with db.write() as conn:
+        request_id = _insert_request(conn, received_at, peer, path, content_type,
+                                     mask_secret(raw), source)
+        for index, payload in enumerate(payloads):
+            batch_index = index if event_type == "MFE_UPDATE_BATCH" else None
+            stored.append(_store_event(conn, request_id, received_at, payload, batch_index))
+    return IngestResult(request_id, event_type, stored)
+
+
+def _insert_request(conn, received_at, peer, path, content_type, raw, source):
+    conn.execute("INSERT INTO requests(received_at, peer, path, content_type, raw_body, source) "
+                 "VALUES (?, ?, ?, ?, ?, ?)",
+                 (received_at, peer, path, content_type, raw, source))
+    return conn.last_insert_rowid()
+
+
+def _store_event(conn, request_id, received_at, payload, batch_index):
+    canonical = _canonical(payload)
+    trade_id = payload.get("trade_id")
+    key_source = f"{payload['event_type']}\x00{trade_id or ''}\x00{canonical}"
+    dedup_key = hashlib.sha256(key_source.encode("utf-8")).hexdigest()
+    rows = conn.execute(
+        "INSERT INTO events(request_id, received_at, event_type, trade_id, symbol, event_time, "
+        "batch_index, payload, dedup_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT(dedup_key) DO NOTHING RETURNING event_id",
+        (request_id, received_at, payload["event_type"], trade_id, payload.get("symbol"),
+         _event_time(payload), batch_index, canonical, dedup_key)).fetchall()
+    result = {"event_id": None, "trade_id": trade_id, "event_type": payload["event_type"],
+              "duplicate": not rows}
+    if not rows:
+        result["event_id"] = conn.execute("SELECT event_id FROM events WHERE dedup_key = ?",
+                                          (dedup_key,)).fetchall()[0][0]
+        _bump(conn, "duplicates")
+        _bump(conn, f"duplicates:{payload['event_type']}")
+        return result
+    event = {"event_id": rows[0][0], "received_at": received_at, "dedup_key": dedup_key,
+             "event_type": payload["event_type"], "trade_id": trade_id, "payload": payload}
+    result["event_id"] = event["event_id"]
+    derive_event(conn, event)
+    return result
+
+
+def reject(db, raw, error, *, now, peer=None, path=None, content_type=None, size=None,
+           max_dead_letters=10000):
+    """Keep a refused request in the bounded dead-letter table. May raise StorageUnavailable."""
+    with db.write() as conn:
+        conn.execute(
+            "INSERT INTO rejected(received_at, peer, path, content_type, status, code, message, "
+            "raw_body, body_size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (iso(now), peer, path, content_type, error.status, error.code, error.message,
+             mask_secret(raw), len(raw) if size is None else size))
+        newest = conn.last_insert_rowid()
+        conn.execute("DELETE FROM rejected WHERE rejected_id <= ?", (newest - max_dead_letters,))
+        _bump(conn, f"rejected:{error.code}")
+
+
+# ============================================================================================
+# LIFECYCLE
+# ============================================================================================
+# The fold. Each event is applied once, in arrival order, to its signal's row. Every rule is
+# written so that the result does not depend on the order (running max/min, ranked sources,
+# sets of seen types); where values genuinely disagree the first received stands and a conflict
+# is recorded. Live ingestion and `rebuild` run exactly this code.
+
+SIGNAL_COLUMNS = [
+    "trade_id", "id_time", "id_direction", "status", "be_state", "symbol", "direction",
+    "timeframe", "signal_time", "signal_date", "session", "htf_alignment", "setup",
+    "market_state", "entry_price", "stop_loss", "risk", "targets", "targets_extended",
+    "confirmation_time", "bars_to_confirmation", "be_triggered_at", "no_be_mfe", "be_mfe", "mae",
+    "last_price", "last_price_at", "last_update_at", "exit_be_at", "be_exit_price", "exit_sl_at",
+    "exit_tp_at", "exit_price", "exit_reason", "final_mfe", "cancelled_at", "cancelled_by",
+    "cancel_reason", "bars_pending", "has_signal_created", "has_entry", "event_count",
+    "first_received_at", "last_received_at", "provenance", "conflicts", "fold_state",
+]
+JSON_COLUMNS = {"htf_alignment", "setup", "market_state", "targets", "targets_extended",
+                "provenance", "conflicts", "fold_state"}
+_SELECT_SIGNAL = f"SELECT {', '.join(SIGNAL_COLUMNS)} FROM signals WHERE trade_id = ?"
+_INSERT_SIGNAL = (f"INSERT OR REPLACE INTO signals({', '.join(SIGNAL_COLUMNS)}) "
+                  f"VALUES ({', '.join('?' * len(SIGNAL_COLUMNS))})")
+
+# Which events may set which fields, and with what rank (higher wins, ties keep the first
+# received). Excursions and prices of BE/EXIT alerts are trusted, but their session, HTF and
+# time fields describe whichever signal was latest on the chart (a known indicator quirk).
+SIGNAL_MOMENT_RANK = {"SIGNAL_CREATED": 3, "ENTRY": 2, "CANCELLED": 1}
+TRADE_RANK = {"ENTRY": 3, "MFE_UPDATE": 2, "BE_TRIGGERED": 2, "EXIT_BE": 2, "EXIT_SL": 2,
+              "EXIT_TP": 2}
+SESSION_RANK = {"SIGNAL_CREATED": 3, "ENTRY": 2, "CANCELLED": 1, "MFE_UPDATE": 1}
+EXCURSION_TYPES = {"ENTRY", "MFE_UPDATE", "BE_TRIGGERED", "EXIT_BE", "EXIT_SL", "EXIT_TP"}
+EXIT_TYPES = {"EXIT_SL", "EXIT_TP"}
+ENTRY_EVIDENCE = {"ENTRY", "MFE_UPDATE", "BE_TRIGGERED", "EXIT_BE", "EXIT_SL", "EXIT_TP"}
+TARGET_MULTIPLES = (1, 2, 3, 5, 10, 20)
+
+
+def new_signal(trade_id, received_at):
+    id_time, id_direction = parse_trade_id(trade_id)
+    row = dict.fromkeys(SIGNAL_COLUMNS)
+    row.update(trade_id=trade_id, id_time=iso(id_time), id_direction=id_direction,
+               status="PENDING", be_state="NONE", has_signal_created=0, has_entry=0,
+               event_count=0, first_received_at=received_at, last_received_at=received_at,
+               provenance={}, conflicts={},
+               fold_state={"types": [], "ranks": {}, "first": {}, "seen": {}})
+    return row
+
+
+def precedes(new, old):
+    """The one precedence rule: does (confidence, rank) `new` beat `old`?
+
+    Higher confidence wins; at equal confidence the higher-ranked source wins; at a tie the value
+    already there (the first received) stands. A received value (1.0) always beats an estimate.
+    """
+    return old is None or new > old
+
+
+def offer(row, field, value, source, confidence, rank=0):
+    """Propose a value for a field; it is taken only if it outranks what is there."""
+    if value is None:
+        return False
+    fs = row["fold_state"]
+    old = fs["ranks"].get(field)
+    if row[field] is not None and old is not None and not precedes((confidence, rank), tuple(old)):
+        return False
+    row[field] = value
+    fs["ranks"][field] = [confidence, rank]
+    row["provenance"][field] = [source, confidence]
+    return True
+
+
+def _conflict_values(row, kind, value):
+    """Record a disagreement as the sorted set of values seen (order-independent evidence)."""
+    seen = row["fold_state"]["seen"].setdefault(kind, [])
+    if value not in seen:
+        seen.append(value)
+        seen.sort(key=json.dumps)
+    if len(seen) > 1:
+        row["conflicts"][kind] = {"values": list(seen)}
+
+
+def load_signal(conn, trade_id):
+    rows = conn.execute(_SELECT_SIGNAL, (trade_id,)).fetchall()
+    if not rows:
+        return None
+    row = dict(zip(SIGNAL_COLUMNS, rows[0]))
+    for col in JSON_COLUMNS:
+        if row[col] is not None:
+            row[col] = json.loads(row[col])
+    return row
+
+
+def save_signal(conn, row):
+    conn.execute(_INSERT_SIGNAL, [
+        _canonical(row[c]) if c in JSON_COLUMNS and row[c] is not None else row[c]
+        for c in SIGNAL_COLUMNS])
+
+
+def derive_event(conn, event, cache=None):
+    """Apply one stored event to the derived tables (signals, bars)."""
+    payload = event["payload"]
+    if event["event_type"] == "BAR":
+        conn.execute("INSERT INTO bars(symbol, timeframe, time, open, high, low, close, event_id) "
+                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                     (payload["symbol"], str(payload.get("timeframe") or ""), payload["time"],
+                      payload["open"], payload["high"], payload["low"], payload["close"],
+                      event["event_id"]))
+        return
+    trade_id = event["trade_id"]
+    if trade_id is None:
+        return
+    if cache is not None:
+        row = cache.get(trade_id)
+    else:
+        row = load_signal(conn, trade_id)
+    if row is None:
+        row = new_signal(trade_id, event["received_at"])
+    fold(row, event)
+    if cache is not None:
+        cache[trade_id] = row
+    else:
+        save_signal(conn, row)
+
+
+def fold(row, event):
+    """Apply one event to a signal row, in place."""
+    etype, p, received = event["event_type"], event["payload"], event["received_at"]
+    fs = row["fold_state"]
+    if etype not in fs["types"]:
+        fs["types"] = sorted(fs["types"] + [etype])
+    row["event_count"] += 1
+    row["first_received_at"] = min(row["first_received_at"], received)
+    row["last_received_at"] = max(row["last_received_at"], received)
+    src = "signal_created" if etype == "SIGNAL_CREATED" else "indicator"
+
+    if etype in LIFECYCLE_TYPES:
+        _check_second_lifecycle(row, event)
+
+    # Identity: symbol and direction must agree across events and with the trade_id.
+    if p.get("symbol") is not None:
+        offer(row, "symbol", p["symbol"], src, 1.0)
+        _conflict_values(row, "symbol_mismatch", str(p["symbol"]).split(":")[-1])
+    if p.get("direction") is not None:
+        offer(row, "direction", p["direction"], src, 1.0)
+        _conflict_values(row, "direction_mismatch", row["id_direction"])
+        _conflict_values(row, "direction_mismatch", p["direction"])
+    if p.get("timeframe") is not None:
+        offer(row, "timeframe", str(p["timeframe"]), src, 1.0)
+
+    # The signal moment: what the chart looked like when the triangle printed.
+    if etype in SIGNAL_MOMENT_RANK:
+        rank = SIGNAL_MOMENT_RANK[etype]
+        for field in ("htf_alignment", "setup", "market_state"):
+            if isinstance(p.get(field), dict) and p[field]:
+                offer(row, field, p[field], src, 1.0, rank)
+        signal_time = p.get("signal_time")
+        if etype == "SIGNAL_CREATED" and signal_time is None:
+            signal_time = p.get("event_timestamp")
+        if signal_time is not None and offer(row, "signal_time", signal_time, src, 1.0, rank):
+            offer(row, "signal_date", ny_date(from_iso(signal_time)), src, 1.0, 10)
+        elif isinstance(p.get("signal_date"), str):
+            offer(row, "signal_date", p["signal_date"].strip(), src, 1.0, rank)
+    if etype in SESSION_RANK and p.get("session") in SESSIONS:
+        offer(row, "session", p["session"], src, 1.0, SESSION_RANK[etype])
+
+    # The trade: entry, stop, targets.
+    if etype in TRADE_RANK:
+        rank = TRADE_RANK[etype]
+        offer(row, "entry_price", p.get("entry_price"), src, 1.0, rank)
+        offer(row, "stop_loss", p.get("stop_loss"), src, 1.0, rank)
+        targets = p.get("targets")
+        if isinstance(targets, dict) and any(targets.get(k) is not None for k in TARGET_FIELDS):
+            offer(row, "targets", {k: targets.get(k) for k in TARGET_FIELDS}, src, 1.0, rank)
+    if etype == "ENTRY":
+        offer(row, "confirmation_time", p.get("confirmation_time"), src, 1.0, 2)
+        offer(row, "bars_to_confirmation", p.get("bars_to_confirmation"), src, 1.0, 2)
+        _conflict_values(row, "entry_price", p.get("entry_price"))
+    if row["entry_price"] is not None and row["stop_loss"] is not None:
+        _derive_risk(row)
+
+    # Excursions: running maximum / minimum of everything received, whatever the order.
+    if etype in EXCURSION_TYPES:
+        _fold_excursions(row, p, received)
+
+    # Break-even leg.
+    if etype == "BE_TRIGGERED" or (etype == "MFE_UPDATE" and p.get("be_triggered") is True):
+        fs["be_triggered"] = True
+        if row["be_triggered_at"] is None or received < row["be_triggered_at"]:
+            row["be_triggered_at"] = received
+            row["provenance"]["be_triggered_at"] = [src, 1.0]
+    if etype == "EXIT_BE":
+        _earliest(row, "exit_be_at", received, src)
+        offer(row, "be_exit_price", p.get("exit_price"), src, 1.0)
+    if etype in EXIT_TYPES:
+        _earliest(row, "exit_sl_at" if etype == "EXIT_SL" else "exit_tp_at", received, src)
+        offer(row, "exit_price", p.get("exit_price"), src, 1.0, 2)
+        offer(row, "exit_reason", p.get("exit_reason"), src, 1.0, 2)
+    if etype in ("EXIT_BE",) + tuple(EXIT_TYPES):
+        final = p.get("final_mfe", p.get("final_no_be_mfe"))
+        offer(row, "final_mfe", final, src, 1.0, 2 if etype in EXIT_TYPES else 1)
+
+    # Cancellation, as the indicator says it.
+    if etype == "CANCELLED":
+        offer(row, "cancelled_at", p.get("cancelled_at") or p.get("event_timestamp") or received,
+              src, 1.0, 2)
+        offer(row, "cancelled_by", p.get("cancelled_by"), src, 1.0, 2)
+        offer(row, "cancel_reason", p.get("cancel_reason") or p.get("exit_reason"), src, 1.0, 2)
+        offer(row, "bars_pending", p.get("bars_pending"), src, 1.0, 2)
+
+    _derive_status(row)
+
+
+def _earliest(row, field, value, source):
+    if row[field] is None or value < row[field]:
+        row[field] = value
+        row["provenance"][field] = [source, 1.0]
+
+
+def _derive_risk(row):
+    risk = abs(row["entry_price"] - row["stop_loss"])
+    if row["risk"] != risk:
+        row["risk"] = risk
+        row["provenance"]["risk"] = ["calculated", 1.0]
+
+
+def _fold_excursions(row, p, received):
+    no_be = [v for v in (p.get("no_be_mfe"), p.get("final_no_be_mfe")) if v is not None]
+    be = [v for v in (p.get("be_mfe"), p.get("final_be_mfe")) if v is not None]
+    mae = p.get("mae_global_r")
+    if no_be:
+        _running(row, "no_be_mfe", max(max(no_be), 0.0), max)
+    if be:
+        _running(row, "be_mfe", max(max(be), 0.0), max)
+    if mae is not None:
+        _running(row, "mae", min(mae, 0.0), min)
+    if row["be_mfe"] is not None and row["no_be_mfe"] is not None \
+            and row["be_mfe"] > row["no_be_mfe"] + 1e-9:
+        row["conflicts"]["be_mfe_above_no_be_mfe"] = {"be_mfe": row["be_mfe"],
+                                                      "no_be_mfe": row["no_be_mfe"]}
+    else:
+        row["conflicts"].pop("be_mfe_above_no_be_mfe", None)
+    if p.get("current_price") is not None and p["event_type"] == "MFE_UPDATE":
+        at = _event_time(p) or received
+        if row["last_price_at"] is None or (at, p["current_price"]) > (
+                row["last_price_at"], row["last_price"]):
+            row["last_price"], row["last_price_at"] = p["current_price"], at
+            row["provenance"]["last_price"] = ["indicator", 1.0]
+    if row["last_update_at"] is None or received > row["last_update_at"]:
+        row["last_update_at"] = received
+
+
+def _running(row, field, value, better):
+    """Running max/min over received values; an estimate (< 1.0) is replaced by a real value."""
+    prov = row["provenance"].get(field)
+    if row[field] is None or (prov and prov[1] < 1.0):
+        new = value
+    else:
+        new = better(row[field], value)
+    if new != row[field] or prov is None or prov[1] < 1.0:
+        row[field] = new
+        row["provenance"][field] = ["indicator", 1.0]
+
+
+def _check_second_lifecycle(row, event):
+    """A second lifecycle event of a type, with different content, is a conflict (SPEC 3.6)."""
+    first = row["fold_state"]["first"]
+    etype = event["event_type"]
+    if etype not in first:
+        first[etype] = [event["event_id"], event["dedup_key"]]
+        return
+    if first[etype][1] != event["dedup_key"]:
+        kind = "second_" + etype.lower()
+        ids = sorted({first[etype][0], event["event_id"]}
+                     | set(row["conflicts"].get(kind, {}).get("event_ids", [])))
+        row["conflicts"][kind] = {"event_ids": ids}
+
+
+def _derive_status(row):
+    fs = row["fold_state"]
+    types = set(fs["types"])
+    row["has_signal_created"] = int("SIGNAL_CREATED" in types)
+    row["has_entry"] = int("ENTRY" in types)
+    if types & EXIT_TYPES:
+        status = "EXITED"
+    elif types & ENTRY_EVIDENCE:
+        status = "ACTIVE"
+    elif "CANCELLED" in types:
+        status = "CANCELLED"
+    else:
+        status = "PENDING"
+    row["status"] = status
+    if "ENTRY" in types and "CANCELLED" in types:
+        row["conflicts"]["entry_and_cancelled"] = {
+            "event_ids": sorted([fs["first"]["ENTRY"][0], fs["first"]["CANCELLED"][0]])}
+    if types & {"EXIT_BE", "EXIT_SL"}:
+        row["be_state"] = "STOPPED"
+    elif fs.get("be_triggered"):
+        row["be_state"] = "TRIGGERED"
+    else:
+        row["be_state"] = "NONE"
+    if row["exit_sl_at"] and row["confirmation_time"] and row["exit_sl_at"] < row[
+            "confirmation_time"]:
+        row["conflicts"]["exit_before_entry"] = {"exit_sl_at": row["exit_sl_at"],
+                                                 "confirmation_time": row["confirmation_time"]}
+
+
+# ============================================================================================
+# OPERATIONS
+# ============================================================================================
+
+DERIVED_TABLES = ("signals", "bars")
+
+
+def rebuild(db):
+    """Recompute every derived table from the event log, in one transaction."""
+    with db.write() as conn:
+        for table in DERIVED_TABLES:
+            conn.execute(f"DELETE FROM {table}")
+        cache = {}
+        cur = conn.cursor()
+        count = 0
+        for event_id, received_at, etype, trade_id, payload, dedup_key in cur.execute(
+                "SELECT event_id, received_at, event_type, trade_id, payload, dedup_key "
+                "FROM events ORDER BY event_id"):
+            derive_event(conn, {"event_id": event_id, "received_at": received_at,
+                                "event_type": etype, "trade_id": trade_id,
+                                "payload": json.loads(payload), "dedup_key": dedup_key},
+                         cache)
+            count += 1
+        for row in cache.values():
+            save_signal(conn, row)
+    return {"events": count, "signals": len(cache)}
+
+
+def replay_rejected(db, *, now, include_auth=False, ids=None):
+    """Re-ingest dead letters (after a fix); returns one outcome per row tried."""
+    sql = "SELECT rejected_id, raw_body, peer, path, content_type, status FROM rejected " \
+          "WHERE replayed_at IS NULL"
+    rows = db.query(sql + " ORDER BY rejected_id")
+    outcomes = []
+    for row in rows:
+        if ids and row["rejected_id"] not in ids:
+            continue
+        if row["status"] in (401, 403) and not include_auth:
+            outcomes.append({"rejected_id": row["rejected_id"], "outcome": "skipped",
+                             "reason": "refused by authentication (use --include-auth)"})
+            continue
+        if row["status"] == 413:
+            outcomes.append({"rejected_id": row["rejected_id"], "outcome": "skipped",
+                             "reason": "body too large: only a prefix was kept"})
+            continue
+        try:
+            result = ingest(db, bytes(row["raw_body"]), now=now, peer=row["peer"],
+                            path=row["path"] or "/replay", content_type=row["content_type"],
+                            source="replay")
+        except Rejected as e:
+            outcomes.append({"rejected_id": row["rejected_id"], "outcome": "rejected",
+                             "reason": f"{e.code}: {e.message}"})
+            continue
+        first = result.events[0]["event_id"] if result.events else None
+        with db.write() as conn:
+            conn.execute("UPDATE rejected SET replayed_at = ?, replay_event_id = ? "
+                         "WHERE rejected_id = ?", (iso(now), first, row["rejected_id"]))
+        outcomes.append({"rejected_id": row["rejected_id"], "outcome": "stored",
+                         "event_id": first,
+                         "duplicate": result.response()["duplicate"]})
+    return outcomes
+
+
+def demo_payloads(start, *, seed=7, signals=24):
+    """A realistic generated session: (seconds after start, body bytes) in sending order.
+
+    A 1-minute MNQ1! chart from 09:00 New York: triangles that confirm or get cancelled by an
+    opposite triangle, MFE batches each bar, break-evens, exits, a lost SIGNAL_CREATED here and
+    there, a lost ENTRY recovered only through MFE batches, and a few malformed alerts.
+    """
+    rng = random.Random(seed)
+    out = []
+    price = 25600.0
+    t0 = start.astimezone(NEW_YORK).replace(hour=9, minute=0, second=0, microsecond=0)
+    open_trades = []
+    for n in range(signals):
+        tri = t0 + dt.timedelta(minutes=7 * n + rng.randint(0, 3))
+        bullish = rng.random() < 0.55
+        side = "BULLISH" if bullish else "BEARISH"
+        direction = "Bullish" if bullish else "Bearish"
+        trade_id = tri.strftime("%Y%m%d_%H%M%S") + "000_" + side
+        offset = (tri.astimezone(UTC) - start.astimezone(UTC)).total_seconds() + 60
+        htf = {k: rng.choice(["Bullish", "Bearish", "Neutral"]) for k in
+               ("daily", "h4", "h1", "m15", "m5", "m1")}
+        base = {"trade_id": trade_id, "symbol": "MNQ1!", "timeframe": "1",
+                "direction": direction, "session": session_of(tri.astimezone(UTC)),
+                "event_timestamp": tri.strftime("%Y-%m-%dT%H:%M:%S")}
+        if rng.random() > 0.15:     # most SIGNAL_CREATED alerts arrive
+            out.append((offset, {**base, "event_type": "SIGNAL_CREATED", "htf_alignment": htf,
+                                 "setup": {"setup_family": "FVG_CORE",
+                                           "setup_variant": "PENDING_CONFIRMATION"},
+                                 "market_state": {"trend_regime": direction}}))
+        fate = rng.random()
+        if fate < 0.25:
+            continue                # stays pending, or is cancelled by the next triangle
+        bars = rng.randint(1, 4)
+        risk = rng.choice([18.5, 21.25, 30.0, 38.5, 42.75])
+        price += rng.uniform(-30, 30)
+        entry = round(price * 4) / 4
+        stop = entry - risk if bullish else entry + risk
+        sign = 1 if bullish else -1
+        targets = {f"tp{k}_price": entry + sign * k * risk for k in (1, 2, 3)}
+        confirm_at = offset + 60 * bars
+        lost_entry = rng.random() < 0.08
+        if not lost_entry:
+            out.append((confirm_at, {**base, "event_type": "ENTRY", "entry_price": entry,
+                                     "stop_loss": stop, "targets": targets,
+                                     "htf_alignment": htf, "be_mfe": 0, "no_be_mfe": 0,
+                                     "mae_global_r": 0}))
+        open_trades.append(trade_id)
+        path = [0.0]
+        for _ in range(rng.randint(4, 30)):
+            path.append(path[-1] + rng.gauss(0.12, 0.45))
+        mfe, mae, be_done = 0.0, 0.0, False
+        for k, r in enumerate(path[1:], start=1):
+            mfe, mae = max(mfe, r), min(mae, r)
+            at = confirm_at + 60 * k
+            stamp = (tri + dt.timedelta(minutes=bars + k)).strftime("%Y-%m-%dT%H:%M:%S")
+            element = {"trade_id": trade_id, "direction": direction, "entry_price": entry,
+                       "stop_loss": stop, "no_be_mfe": round(mfe, 4),
+                       "be_mfe": round(mfe, 4), "mae_global_r": round(mae, 4),
+                       "current_price": round(entry + sign * r * risk, 2),
+                       "be_triggered": mfe >= 1.0}
+            out.append((at, {"event_type": "MFE_UPDATE_BATCH", "timestamp": stamp,
+                             "symbol": "MNQ1!", "signals": [element]}))
+            common = {**base, "entry_price": entry, "stop_loss": stop, "be_mfe": round(mfe, 4),
+                      "no_be_mfe": round(mfe, 4), "mae_global_r": round(mae, 4)}
+            if mfe >= 1.0 and not be_done:
+                be_done = True
+                out.append((at + 1, {**common, "event_type": "BE_TRIGGERED",
+                                     "be_price": entry}))
+            if be_done and r <= 0:
+                out.append((at + 2, {**common, "event_type": "EXIT_BE", "exit_price": entry,
+                                     "final_mfe": round(mfe, 4)}))
+                be_done = None
+            if r <= -1.0:
+                out.append((at + 3, {**common, "event_type": "EXIT_SL", "exit_price": stop,
+                                     "final_mfe": round(mfe, 4)}))
+                break
+    for k in range(0, 200, 15):
+        out.append((60.0 * k, {"event_type": "HEARTBEAT",
+                               "timestamp": (t0 + dt.timedelta(minutes=k)).isoformat()[:19]}))
+    out.sort(key=lambda item: item[0])
+    bodies = [(at, json.dumps(body).encode()) for at, body in out]
+    # What a real feed also carries: a resend, a malformed body, an unreplaced placeholder.
+    if bodies:
+        bodies.insert(len(bodies) // 2, bodies[len(bodies) // 2])
+    bodies.append((bodies[-1][0] + 5, b'{"event_type":"ENTRY","trade_id":"20251215_1000"'))
+    bodies.append((bodies[-1][0] + 5, b'{"event_type":"BAR","symbol":"MNQ1!","time":"{{time}}",'
+                   b'"open":1,"high":2,"low":0.5,"close":1.5}'))
+    return bodies
+
+
+def demo(db, *, start, seed=7):
+    """Fill the database with a generated session through the real ingest path."""
+    stored = rejected = 0
+    for at, body in demo_payloads(start, seed=seed):
+        now = start + dt.timedelta(seconds=at)
+        try:
+            ingest(db, body, now=now, peer="127.0.0.1", content_type="application/json",
+                   source="demo")
+            stored += 1
+        except Rejected as e:
+            reject(db, body, e, now=now, peer="127.0.0.1", path="/api/automated-signals/webhook",
+                   content_type="text/plain")
+            rejected += 1
+    return {"stored": stored, "rejected": rejected}
+
+
+# ============================================================================================
+# WEB APP
+# ============================================================================================
+
+WEBHOOK_PATHS = ("/api/automated-signals/webhook", "/api/automated-signals", "/webhook")
+
+
+def _json_response(body, status=200, headers=None):
+    response = bottle.HTTPResponse(json.dumps(body), status=status, headers=headers)
+    response.content_type = "application/json"
+    return response
+
+
+def _error_response(error):
+    headers = {"Retry-After": "5"} if error.status == 503 else None
+    return _json_response(error_body(error.code, error.message), error.status, headers)
+
+
+def client_address(environ, trusted_proxies):
+    """The socket peer, or the client named by X-Forwarded-For when the peer is a trusted proxy."""
+    peer = environ.get("REMOTE_ADDR")
+    if not trusted_proxies or not peer or not _in_networks(peer, trusted_proxies):
+        return peer
+    forwarded = [a.strip() for a in environ.get("HTTP_X_FORWARDED_FOR", "").split(",")
+                 if a.strip()]
+    for addr in reversed(forwarded):
+        if not _in_networks(addr, trusted_proxies):
+            return addr
+    return forwarded[0] if forwarded else peer
+
+
+def _signal_out(row):
+    """A signal row for the API: JSON columns parsed, bookkeeping dropped."""
+    out = {k: v for k, v in row.items() if k != "fold_state"}
+    for col in JSON_COLUMNS - {"fold_state"}:
+        if isinstance(out.get(col), str):
+            out[col] = json.loads(out[col])
+    return out
+
+
+def make_app(db, clock, config):
+    """A fresh Bottle app with every route declared inside (no module-level state)."""
+    app = bottle.Bottle()
+    app.config["sigsync.db"] = db
+
+    def read_body(environ):
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        stream = environ["wsgi.input"]
+        raw = stream.read(min(length, config.max_body + 1)) if length else b""
+        return raw, length
+
+    def authorise(environ, data, peer):
+        if config.allow_ips and not _in_networks(peer or "", config.allow_ips):
+            raise Rejected(f"address {peer} is not in the allow list", "forbidden_address", 403)
+        if not config.secret:
+            return
+        query = bottle.FormsDict(bottle._parse_qsl(environ.get("QUERY_STRING", "")))
+        offered = query.get("token")
+        if offered is None and isinstance(data, dict):
+            offered = data.get("secret")
+            if offered is None and isinstance(data.get("attributes"), dict):
+                offered = data["attributes"].get("secret")
+        if offered is None:
+            raise Rejected("a secret is required: add ?token=... to the webhook URL or a "
+                           "\"secret\" field to the message", "unauthorized", 401)
+        if not isinstance(offered, str) or not hmac.compare_digest(
+                offered.encode("utf-8"), config.secret.encode("utf-8")):
+            raise Rejected("the secret does not match", "forbidden", 403)
+
+    def api_webhook():
+        now = clock.now()
+        environ = bottle.request.environ
+        peer = client_address(environ, config.trusted_proxies)
+        content_type = environ.get("CONTENT_TYPE")
+        path = bottle.request.path
+        raw, length = read_body(environ)
+        data = None
+        try:
+            if length > config.max_body or len(raw) > config.max_body:
+                raise Rejected(f"the body is {length} bytes; the limit is {config.max_body}",
+                               "body_too_large", 413)
+            try:
+                data = parse_body(raw)
+            except Rejected:
+                authorise(environ, None, peer) if config.allow_ips else None
+                raise
+            authorise(environ, data, peer)
+            result = ingest(db, raw, now=now, peer=peer, path=path, content_type=content_type,
+                            data=data)
+        except Rejected as error:
+            kept = raw[:config.max_body]
+            try:
+                reject(db, kept, error, now=now, peer=peer, path=path,
+                       content_type=content_type, size=max(length, len(raw)),
+                       max_dead_letters=config.max_dead_letters)
+            except StorageUnavailable as storage:
+                log.error("what=webhook outcome=unavailable reason=%s peer=%s", storage.message,
+                          peer)
+                return _error_response(storage)
+            log.warning("what=webhook outcome=rejected status=%s code=%s peer=%s message=%r",
+                        error.status, error.code, peer, error.message)
+            return _error_response(error)
+        except StorageUnavailable as error:
+            log.error("what=webhook outcome=unavailable reason=%s peer=%s", error.message, peer)
+            return _error_response(error)
+        except Exception as e:
+            # A bug, not bad input: answer 500 (TradingView resends) and keep the body so it
+            # can be replayed once fixed.
+            log.exception("what=webhook outcome=error peer=%s error=%r", peer, e)
+            error = SigsyncError("internal error while storing the event (see the server log)")
+            try:
+                reject(db, raw[:config.max_body], error, now=now, peer=peer, path=path,
+                       content_type=content_type, size=len(raw),
+                       max_dead_letters=config.max_dead_letters)
+            except SigsyncError:
+                pass
+            return _error_response(error)
+        for e in result.events:
+            log.info("what=webhook event_type=%s trade_id=%s outcome=%s event_id=%s",
+                     e["event_type"], e["trade_id"] or "-",
+                     "duplicate" if e["duplicate"] else "stored", e["event_id"])
+        if not result.events:
+            log.info("what=webhook event_type=%s outcome=stored events=0", result.event_type)
+        return _json_response(result.response())
+
+    for path in WEBHOOK_PATHS:
+        app.route(path, "POST", api_webhook)
+
+    def require_read_token():
+        if config.loopback_only and not config.read_token:
+            return
+        if not config.read_token:
+            return      # --insecure without a read token: the operator chose an open API
+        environ = bottle.request.environ
+        query = bottle.FormsDict(bottle._parse_qsl(environ.get("QUERY_STRING", "")))
+        offered = query.get("token")
+        auth = environ.get("HTTP_AUTHORIZATION", "")
+        if offered is None and auth.startswith("Bearer "):
+            offered = auth[len("Bearer "):].strip()
+        if offered is None or not hmac.compare_digest(offered.encode(),
+                                                      config.read_token.encode()):
+            raise SigsyncError("a read token is required (?token= or Authorization: Bearer)",
+                               "unauthorized", 401)
+
+    def reading(handler):
+        def wrapper(*args, **kwargs):
+            try:
+                require_read_token()
+                return _json_response(handler(*args, **kwargs))
+            except SigsyncError as error:
+                return _error_response(error)
+            except STORAGE_ERRORS as e:
+                return _error_response(StorageUnavailable(f"the database is unavailable: {e}"))
+        wrapper.__name__ = handler.__name__
+        return wrapper
+
+    @app.get("/api/signals/<trade_id>")
+    @reading
+    def api_signal(trade_id):
+        rows = db.query("SELECT * FROM signals WHERE trade_id = ?", (trade_id,))
+        if not rows:
+            raise NotFound(f"no signal {trade_id!r}")
+        signal_row = _signal_out(rows[0])
+        provenance = signal_row.pop("provenance")
+        fields = {}
+        for name in SIGNAL_COLUMNS:
+            if name in ("provenance", "conflicts", "fold_state", "trade_id"):
+                continue
+            source, confidence = provenance.get(name, (None, None))
+            fields[name] = {"value": signal_row[name], "data_source": source,
+                            "confidence": confidence}
+        events = db.query(
+            "SELECT e.event_id, e.event_type, e.received_at, e.event_time, e.batch_index, "
+            "e.payload, r.raw_body, r.content_type, r.source FROM events AS e "
+            "JOIN requests AS r USING (request_id) WHERE e.trade_id = ? ORDER BY e.event_id",
+            (trade_id,))
+        for e in events:
+            e["payload"] = json.loads(e["payload"])
+            e["raw_body"] = bytes(e["raw_body"]).decode("utf-8", "replace")
+        return {"trade_id": trade_id, "status": signal_row["status"],
+                "be_state": signal_row["be_state"], "fields": fields,
+                "conflicts": signal_row["conflicts"], "events": events}
+
+    @app.get("/api/rejected")
+    @reading
+    def api_rejected():
+        limit = _int_param("limit", 100, 1, 1000)
+        rows = db.query("SELECT rejected_id, received_at, peer, path, content_type, status, "
+                        "code, message, raw_body, body_size, replayed_at, replay_event_id "
+                        "FROM rejected ORDER BY rejected_id DESC LIMIT ?", (limit,))
+        for r in rows:
+            r["raw_body"] = bytes(r["raw_body"]).decode("utf-8", "replace")
+        total = db.query("SELECT count(*) AS n FROM rejected")[0]["n"]
+        return {"total": total, "rejected": rows}
+
+    @app.get("/healthz")
+    def api_healthz():
+        try:
+            db.query("SELECT max(request_id) AS n FROM requests")
+        except STORAGE_ERRORS as e:
+            return _json_response({"ok": False, "database": str(e)}, 503)
+        return _json_response({"ok": True, "database": "ok", "version": __version__})
+
+    def _default_error(error):
+        bottle.response.content_type = "application/json"
+        code = {404: "not_found", 405: "method_not_allowed"}.get(error.status_code,
+                                                                  "internal_error")
+        message = "no such route" if error.status_code == 404 else str(error.body or error.status)
+        if error.status_code >= 500:
+            log.error("what=http outcome=error status=%s error=%r", error.status_code,
+                      error.exception)
+            message = "internal error (see the server log)"
+        return json.dumps(error_body(code, message))
+
+    app.default_error_handler = _default_error
+    return app
+
+
+def _int_param(name, default, low, high):
+    raw = bottle.request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name}: expected a whole number, got {raw[:20]!r}")
+    if not low <= value <= high:
+        raise BadRequest(f"{name}: must be between {low} and {high}")
+    return value
+
+
+# ============================================================================================
+# SERVICE
+# ============================================================================================
+
+def _sd_notify(message):
+    """Tell systemd (Type=notify) something; a no-op when not run by systemd."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(address)
+            sock.sendall(message.encode())
+        return True
+    except OSError as e:
+        log.warning("what=sd_notify outcome=failed error=%s", e)
+        return False
+
+
+class _InFlight:
+    """WSGI middleware counting requests in progress, for a graceful shutdown."""
+
+    def __init__(self, app):
+        self.app = app
+        self.count = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, environ, start_response):
+        with self.lock:
+            self.count += 1
+        try:
+            return list(self.app(environ, start_response))
+        finally:
+            with self.lock:
+                self.count -= 1
+
+
+class HttpServer:
+    """waitress under the Bottle app, on its own thread, with a graceful stop.
+
+    waitress reads each request completely (asynchronously) before a worker thread sees it, so
+    a stalled or slow client holds no worker; connections are bounded (connection_limit).
+    """
+
+    def __init__(self, app, host, port, *, threads=4, connection_limit=100, max_body=65536):
+        import waitress.server
+        logging.getLogger("waitress.queue").setLevel(logging.ERROR)
+        self.app = _InFlight(app)
+        self.server = waitress.server.create_server(
+            self.app, host=host, port=port, threads=threads, ident="sigsync",
+            connection_limit=connection_limit, channel_timeout=30,
+            # sigsync answers 413 itself (and keeps a dead letter) up to 16x its own limit.
+            max_request_body_size=max(max_body * 16, 1 << 20),
+            clear_untrusted_proxy_headers=False, expose_tracebacks=False)
+        self.host, self.port = self.server.effective_host, self.server.effective_port
+        self.thread = threading.Thread(target=self.server.run, name="http", daemon=True)
+
+    def start(self):
+        self.thread.start()
+        return self
+
+    def stop(self, timeout=10.0):
+        """Stop accepting, let requests in flight finish and their answers go out, then close."""
+        import waitress.wasyncore as wasyncore
+        server = self.server
+        server.trigger.pull_trigger(lambda: wasyncore.dispatcher.close(server))
+        deadline = time.monotonic() + timeout
+        dispatcher = server.task_dispatcher
+        while time.monotonic() < deadline:
+            if self.app.count == 0 and not dispatcher.queue and not any(
+                    getattr(ch, "total_outbufs_len", 0) for ch in list(server._map.values())):
+                break
+            time.sleep(0.01)
+        dispatcher.shutdown(cancel_pending=True, timeout=max(0.1, deadline - time.monotonic()))
+        server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
+        self.thread.join(timeout=5)
+
+
+def make_scheduler(db, clock, config):
+    """The background jobs, on a fresh schedule.Scheduler."""
+    sched = schedule.Scheduler()
+    sched.every(config.checkpoint_seconds).seconds.do(_guarded, "checkpoint", db.checkpoint)
+    return sched
+
+
+_job_failures = {}
+
+
+def _guarded(name, func, *args):
+    """Run a job; an exception is logged and counted and never kills the loop."""
+    try:
+        return func(*args)
+    except Exception as e:     # the loop must survive anything a job does
+        _job_failures[name] = _job_failures.get(name, 0) + 1
+        log.exception("what=job job=%s outcome=failed error=%r", name, e)
+        return None
+
+
+def database_answers(db):
+    """A real check for the watchdog: can we take the write lock and begin a write?"""
+    try:
+        with db.write() as conn:
+            conn.execute("SELECT count(*) FROM counters").fetchall()
+        return True
+    except (SigsyncError, apsw.Error):
+        return False
+
+
+def serve(config, clock=None, stop=None):
+    """Run the HTTP server and the scheduler until SIGTERM/SIGINT (or `stop` is set)."""
+    clock = clock or Clock()
+    stop = stop or threading.Event()
+    if not config.loopback_only and not config.insecure:
+        if not config.secret:
+            raise SigsyncError(f"refusing to listen on {config.host} without a webhook secret "
+                               "(set SIGSYNC_SECRET, or pass --insecure)")
+        if not config.read_token:
+            raise SigsyncError(f"refusing to listen on {config.host} without a read token "
+                               "(set SIGSYNC_READ_TOKEN, or pass --insecure)")
+    if not config.secret:
+        log.warning("what=config outcome=insecure message=%r",
+                    "NO WEBHOOK SECRET IS SET: anyone who can reach this port can post events. "
+                    "Set SIGSYNC_SECRET before exposing it.")
+    db = open_db(config.db, autocheckpoint=False)
+    app = make_app(db, clock, config)
+    server = HttpServer(app, config.host, config.port, threads=config.threads,
+                        connection_limit=config.connection_limit, max_body=config.max_body)
+    server.start()
+    log.info("what=serve outcome=listening url=http://%s:%s/ db=%s", server.host, server.port,
+             config.db)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    sched = make_scheduler(db, clock, config)
+    watchdog_usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+    watchdog_every = watchdog_usec / 2e6 if watchdog_usec else None
+    last_ping = 0.0
+    if database_answers(db):
+        _sd_notify("READY=1\nSTATUS=listening on %s:%s" % (server.host, server.port))
+    try:
+        while not stop.wait(0.25):
+            sched.run_pending()
+            if watchdog_every and time.monotonic() - last_ping >= watchdog_every:
+                if database_answers(db):
+                    _sd_notify("WATCHDOG=1")
+                    last_ping = time.monotonic()
+                else:
+                    log.error("what=watchdog outcome=skipped reason=database_unavailable")
+    finally:
+        _sd_notify("STOPPING=1")
+        log.info("what=serve outcome=stopping")
+        server.stop()
+        db.checkpoint()
+        db.close()
+        log.info("what=serve outcome=stopped")
+    return 0
+
+
+# ============================================================================================
+# CLI
+# ============================================================================================
+
+def _print_json(value):
+    print(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def cmd_serve(args, config):
+    return serve(config)
+
+
+def cmd_rebuild(args, config):
+    db = open_db(config.db)
+    try:
+        result = rebuild(db)
+    finally:
+        db.close()
+    print(f"rebuilt {result['signals']} signals from {result['events']} events")
+    return 0
+
+
+def cmd_replay_rejected(args, config):
+    db = open_db(config.db)
+    try:
+        outcomes = replay_rejected(db, now=Clock().now(), include_auth=args.include_auth,
+                                   ids=set(args.ids) if args.ids else None)
+    finally:
+        db.close()
+    if args.json:
+        _print_json(outcomes)
+    else:
+        for o in outcomes:
+            detail = (f"event {o['event_id']}" + (" (duplicate)" if o.get("duplicate") else "")
+                      if o["outcome"] == "stored" else o.get("reason", ""))
+            print(f"dead letter {o['rejected_id']}: {o['outcome']} {detail}".rstrip())
+        stored = sum(o["outcome"] == "stored" for o in outcomes)
+        print(f"{stored} of {len(outcomes)} dead letters now pass")
+    return 0
+
+
+def cmd_demo(args, config):
+    db = open_db(config.db)
+    try:
+        start = Clock().now() - dt.timedelta(hours=6) if args.start is None \
+            else parse_time(args.start, "--start")[0]
+        result = demo(db, start=start, seed=args.seed)
+    finally:
+        db.close()
+    print(f"demo: {result['stored']} requests stored, {result['rejected']} dead letters "
+          f"in {config.db}")
+    return 0
+
+
+def build_parser():
+    common = argparse.ArgumentParser(add_help=False)
+    for s in SETTINGS:
+        if s.kind is bool:
+            common.add_argument(s.flag, action="store_const", const=True, default=None,
+                                help=s.help)
+        else:
+            common.add_argument(s.flag, default=None, help=f"{s.help} [{s.env}]")
+    common.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser = argparse.ArgumentParser(prog="sigsync", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"sigsync {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", parents=[common], help="run the webhook server and the loop")
+    sub.add_parser("rebuild", parents=[common], help="recompute derived state from the log")
+    p = sub.add_parser("replay-rejected", parents=[common], help="re-ingest dead letters")
+    p.add_argument("ids", nargs="*", type=int, help="only these dead letters")
+    p.add_argument("--include-auth", action="store_true",
+                   help="also replay requests refused by authentication")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("demo", parents=[common], help="fill the database with a demo session")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--start", default=None, help="session start (default: 6 hours ago)")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args)
+    except (OSError, ValueError) as e:
+        print(f"error: bad configuration: {e}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=getattr(logging, str(config.log_level).upper(), logging.INFO),
+                        format="%(asctime)s level=%(levelname)s %(message)s", stream=sys.stderr)
+    handler = globals()["cmd_" + args.command.replace("-", "_")]
+    try:
+        return handler(args, config)
+    except SigsyncError as e:
+        if args.debug:
+            raise
+        print(f"error: {e.message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
