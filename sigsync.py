@@ -906,6 +906,7 @@ SIGNAL_MOMENT_RANK = {"SIGNAL_CREATED": 3, "ENTRY": 2, "CANCELLED": 1}
 TRADE_RANK = {"ENTRY": 3, "MFE_UPDATE": 2, "BE_TRIGGERED": 2, "EXIT_BE": 2, "EXIT_SL": 2,
               "EXIT_TP": 2}
 SESSION_RANK = {"SIGNAL_CREATED": 3, "ENTRY": 2, "CANCELLED": 1, "MFE_UPDATE": 1}
+IDENTITY_RANK = {"SIGNAL_CREATED": 3, "ENTRY": 2, "CANCELLED": 1}     # others: 0
 EXCURSION_TYPES = {"ENTRY", "MFE_UPDATE", "BE_TRIGGERED", "EXIT_BE", "EXIT_SL", "EXIT_TP"}
 EXIT_TYPES = {"EXIT_SL", "EXIT_TP"}
 ENTRY_EVIDENCE = {"ENTRY", "MFE_UPDATE", "BE_TRIGGERED", "EXIT_BE", "EXIT_SL", "EXIT_TP"}
@@ -1014,15 +1015,16 @@ def fold(row, event):
         _check_second_lifecycle(row, event)
 
     # Identity: symbol and direction must agree across events and with the trade_id.
+    rank = IDENTITY_RANK.get(etype, 0)
     if p.get("symbol") is not None:
-        offer(row, "symbol", p["symbol"], src, 1.0)
+        offer(row, "symbol", p["symbol"], src, 1.0, rank)
         _conflict_values(row, "symbol_mismatch", str(p["symbol"]).split(":")[-1])
     if p.get("direction") is not None:
-        offer(row, "direction", p["direction"], src, 1.0)
+        offer(row, "direction", p["direction"], src, 1.0, rank)
         _conflict_values(row, "direction_mismatch", row["id_direction"])
         _conflict_values(row, "direction_mismatch", p["direction"])
     if p.get("timeframe") is not None:
-        offer(row, "timeframe", str(p["timeframe"]), src, 1.0)
+        offer(row, "timeframe", str(p["timeframe"]), src, 1.0, rank)
 
     # The signal moment: what the chart looked like when the triangle printed.
     if etype in SIGNAL_MOMENT_RANK:

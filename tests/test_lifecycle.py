@@ -1,0 +1,130 @@
+"""The signal lifecycle (SPEC §2): order-independence as a property, plus rebuild = live."""
+
+import datetime as dt
+import json
+import tempfile
+
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import sigsync
+from conftest import START
+
+# Fields that are facts of the content, compared across deliveries. Arrival facts
+# (received_at and the like) are equal here because every delivery uses one fixed clock.
+COMPARED = [c for c in sigsync.SIGNAL_COLUMNS if c not in ("fold_state", "conflicts")]
+
+
+@st.composite
+def trades(draw):
+    """One trade's events, in the order the indicator sends them, with consistent content."""
+    bullish = draw(st.booleans())
+    side, direction = ("BULLISH", "Bullish") if bullish else ("BEARISH", "Bearish")
+    minute = draw(st.integers(0, 59))
+    trade_id = f"20251215_10{minute:02d}00000_{side}"
+    entry = draw(st.sampled_from([25600.0, 25683.5, 25710.25]))
+    risk = draw(st.sampled_from([18.5, 21.25, 38.5]))
+    stop = entry - risk if bullish else entry + risk
+    htf = {"daily": "Bullish", "h4": draw(st.sampled_from(["Bullish", "Bearish", "Neutral"]))}
+    base = {"trade_id": trade_id, "symbol": "MNQ1!", "direction": direction, "timeframe": "1"}
+    events = []
+    if draw(st.booleans()):
+        events.append({**base, "event_type": "SIGNAL_CREATED", "session": "NY AM",
+                       "htf_alignment": htf, "event_timestamp": f"2025-12-15T10:{minute:02d}:00",
+                       "market_state": {"trend_regime": direction}})
+    fate = draw(st.sampled_from(["pending", "cancelled", "trade"]))
+    if fate == "cancelled":
+        events.append({**base, "event_type": "CANCELLED", "cancel_reason": "opposite_signal",
+                       "cancelled_by": "20251215_110000000_" + (
+                           "BEARISH" if bullish else "BULLISH"), "bars_pending": 3})
+    if fate != "trade":
+        return trade_id, events
+    if draw(st.booleans()):
+        events.append({**base, "event_type": "ENTRY", "entry_price": entry, "stop_loss": stop,
+                       "htf_alignment": htf, "be_mfe": 0, "no_be_mfe": 0, "mae_global_r": 0,
+                       "targets": {"tp1_price": entry + (risk if bullish else -risk)}})
+    steps = draw(st.lists(st.floats(-0.6, 0.8, allow_nan=False), min_size=1, max_size=8))
+    r, mfe, mae, be_done = 0.0, 0.0, 0.0, False
+    for k, step in enumerate(steps, start=1):
+        r += step
+        mfe, mae = max(mfe, r), min(mae, r)
+        stamp = f"2025-12-15T11:{k:02d}:00"
+        element = {"trade_id": trade_id, "direction": direction, "entry_price": entry,
+                   "stop_loss": stop, "no_be_mfe": round(mfe, 6), "be_mfe": round(mfe, 6),
+                   "mae_global_r": round(mae, 6),
+                   "current_price": round(entry + (r if bullish else -r) * risk, 2),
+                   "be_triggered": mfe >= 1.0}
+        events.append({"event_type": "MFE_UPDATE_BATCH", "timestamp": stamp, "symbol": "MNQ1!",
+                       "signals": [element]})
+        running = {**base, "entry_price": entry, "stop_loss": stop, "no_be_mfe": round(mfe, 6),
+                   "be_mfe": round(mfe, 6), "mae_global_r": round(mae, 6)}
+        if mfe >= 1.0 and not be_done:
+            be_done = True
+            events.append({**running, "event_type": "BE_TRIGGERED", "be_price": entry})
+        if be_done is True and r <= 0:
+            events.append({**running, "event_type": "EXIT_BREAK_EVEN", "exit_price": entry,
+                           "final_mfe_R": round(mfe, 6)})
+            be_done = "stopped"
+        if r <= -1.0:
+            events.append({**running, "event_type": "EXIT_STOP_LOSS", "exit_price": stop,
+                           "final_mfe_R": round(mfe, 6)})
+            break
+    return trade_id, events
+
+
+def final_state(bodies):
+    """Deliver the bodies to a fresh database; return the signal rows' compared content."""
+    with tempfile.TemporaryDirectory() as tmp:
+        db = sigsync.open_db(f"{tmp}/p.db")
+        try:
+            for raw in bodies:
+                sigsync.ingest(db, raw, now=START)
+            rows = db.query("SELECT * FROM signals ORDER BY trade_id")
+            events = db.query("SELECT count(*) AS n FROM events")[0]["n"]
+        finally:
+            db.close()
+    return events, [({c: row[c] for c in COMPARED}, sorted(json.loads(row["conflicts"])))
+                    for row in rows]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), trade=trades())
+def test_any_order_and_duplication_gives_the_in_order_state(data, trade):
+    trade_id, events = trade
+    bodies = [json.dumps(e).encode() for e in events]
+    expected = final_state(bodies)
+    shuffled = data.draw(st.permutations(bodies), label="delivery order")
+    repeats = data.draw(st.lists(st.sampled_from(bodies), max_size=len(bodies)),
+                        label="resent") if bodies else []
+    delivery = list(shuffled)
+    for body in repeats:                      # resends land anywhere, even before the original
+        delivery.insert(data.draw(st.integers(0, len(delivery)), label="at"), body)
+    assert final_state(delivery) == expected
+
+
+def test_permutations_of_the_fixture_lifecycle_agree():
+    """The original indicator's own five alerts for one trade, in all 120 orders."""
+    import itertools
+    from conftest import load_fixtures
+    bodies = [b for e, b in load_fixtures()
+              if e.get("trade_id") == "20251215_094200000_BULLISH" and e["_era"] == "A"]
+    assert len(bodies) == 5
+    expected = final_state(bodies)
+    state = expected[1][0][0]
+    assert (state["status"], state["be_state"], state["mae"]) == ("EXITED", "STOPPED",
+                                                                  -1.0649350649)
+    for order in itertools.permutations(bodies):
+        assert final_state(list(order)) == expected
+
+
+def test_rebuild_gives_the_same_derived_tables_as_live_ingestion(db, clock):
+    for at, raw in sigsync.demo_payloads(START, seed=3):
+        try:
+            sigsync.ingest(db, raw, now=START + dt.timedelta(seconds=at))
+        except sigsync.Rejected:
+            pass
+    live = {t: db.query(f"SELECT * FROM {t} ORDER BY 1, 2") for t in sigsync.DERIVED_TABLES}
+    assert len(live["signals"]) > 10
+    result = sigsync.rebuild(db)
+    rebuilt = {t: db.query(f"SELECT * FROM {t} ORDER BY 1, 2") for t in sigsync.DERIVED_TABLES}
+    assert rebuilt == live
+    assert result["signals"] == len(live["signals"])
