@@ -1276,8 +1276,15 @@ def demo_payloads(start, *, seed=7, signals=24):
                                            "setup_variant": "PENDING_CONFIRMATION"},
                                  "market_state": {"trend_regime": direction}}))
         fate = rng.random()
-        if fate < 0.25:
-            continue                # stays pending, or is cancelled by the next triangle
+        if fate < 0.25:             # never confirms: an opposite triangle cancels it, or not yet
+            if fate < 0.15:
+                opposite = tri + dt.timedelta(minutes=rng.randint(2, 5))
+                out.append((offset + 300, {
+                    **base, "event_type": "CANCELLED", "cancel_reason": "opposite_signal",
+                    "cancelled_time": opposite.strftime("%Y-%m-%dT%H:%M:%S"),
+                    "cancelled_by": opposite.strftime("%Y%m%d_%H%M%S") + "000_"
+                    + ("BEARISH" if bullish else "BULLISH"), "bars_pending": 3}))
+            continue
         bars = rng.randint(1, 4)
         risk = rng.choice([18.5, 21.25, 30.0, 38.5, 42.75])
         price += rng.uniform(-30, 30)
@@ -1295,7 +1302,7 @@ def demo_payloads(start, *, seed=7, signals=24):
         open_trades.append(trade_id)
         path = [0.0]
         for _ in range(rng.randint(4, 30)):
-            path.append(path[-1] + rng.gauss(0.12, 0.45))
+            path.append(path[-1] + rng.gauss(0.04, 0.5))
         mfe, mae, be_done = 0.0, 0.0, False
         for k, r in enumerate(path[1:], start=1):
             mfe, mae = max(mfe, r), min(mae, r)
