@@ -1731,10 +1731,18 @@ def serve(config, clock=None, stop=None):
     watchdog_usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
     watchdog_every = watchdog_usec / 2e6 if watchdog_usec else None
     last_ping = 0.0
-    if database_answers(db):
-        _sd_notify("READY=1\nSTATUS=listening on %s:%s" % (server.host, server.port))
+    ready = False
     try:
-        while not stop.wait(0.25):
+        while True:
+            if not ready:
+                # READY only after a real database check; retried until it passes.
+                ready = database_answers(db)
+                if ready:
+                    _sd_notify("READY=1\nSTATUS=listening on %s:%s" % (server.host, server.port))
+                else:
+                    log.error("what=serve outcome=not_ready reason=database_unavailable")
+            if stop.wait(0.25):
+                break
             sched.run_pending()
             if watchdog_every and time.monotonic() - last_ping >= watchdog_every:
                 if database_answers(db):
