@@ -57,7 +57,7 @@ CREATE TABLE rejected (
     peer         TEXT,
     path         TEXT,
     content_type TEXT,
-    status       INTEGER NOT NULL,         -- the HTTP status answered (400, 401, 403, 413)
+    status       INTEGER NOT NULL,         -- the HTTP status answered (400, 401, 403, 413, 500)
     code         TEXT NOT NULL,            -- machine-readable reason, e.g. 'invalid_field'
     message      TEXT NOT NULL,            -- the message sent back, naming the field
     raw_body     BLOB NOT NULL,            -- as received (secret value masked); for 413 only the

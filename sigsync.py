@@ -297,7 +297,8 @@ def parse_time(value, field):
     return moment, kind
 
 
-TRADE_ID = re.compile(r"^(\d{4})(\d{2})(\d{2})_(\d{2})(\d{2})(\d{2})(\d{3})?_(BULLISH|BEARISH)$")
+TRADE_ID = re.compile(r"([0-9]{4})([0-9]{2})([0-9]{2})_([0-9]{2})([0-9]{2})([0-9]{2})([0-9]{3})?"
+                      r"_(BULLISH|BEARISH)")
 
 
 def parse_trade_id(trade_id):
@@ -305,7 +306,7 @@ def parse_trade_id(trade_id):
 
     The time is the triangle bar's open in New York. Raises Rejected if the id is not valid.
     """
-    m = TRADE_ID.match(trade_id) if isinstance(trade_id, str) else None
+    m = TRADE_ID.fullmatch(trade_id) if isinstance(trade_id, str) else None
     if not m:
         raise Rejected(f"trade_id: {str(trade_id)[:60]!r} does not match "
                        "YYYYMMDD_HHMMSSmmm_BULLISH|BEARISH", "invalid_trade_id")
@@ -552,6 +553,8 @@ FIELD_ALIASES = {
     "be_mfe_R": "be_mfe",
     "no_be_mfe_R": "no_be_mfe", "mfe_R": "no_be_mfe",
     "cancelled_time": "cancelled_at",
+    "triangle_time": "signal_time",
+    "bars_to_confirm": "bars_to_confirmation",
 }
 NUMBER_FIELDS = {
     "entry_price", "stop_loss", "be_mfe", "no_be_mfe", "mae_global_r", "final_mfe",
@@ -560,12 +563,16 @@ NUMBER_FIELDS = {
     "open", "high", "low", "close",
 }
 INTEGER_FIELDS = {"bars_pending": 0, "bars_to_confirmation": 1}   # field -> smallest value
+INTEGER_MAX = 1_000_000
+TEXT_FIELDS = {"trade_id", "symbol", "exit_reason", "cancelled_by", "cancel_reason", "session",
+               "signal_date"}
 TIME_FIELDS = {"event_timestamp", "timestamp", "confirmation_time", "cancelled_at",
                "exit_timestamp", "time"}
 TARGET_FIELDS = ("tp1_price", "tp2_price", "tp3_price")
 DIRECTIONS = {"BULLISH": "Bullish", "LONG": "Bullish", "BEARISH": "Bearish", "SHORT": "Bearish"}
 _PLACEHOLDER = re.compile(r"\{\{.*?\}\}")
-_SECRET_IN_BODY = re.compile(rb'("secret"\s*:\s*)"(?:[^"\\]|\\.)*"')
+_SECRET_IN_BODY = re.compile(
+    rb'("secret"\s*:\s*)(?:"(?:[^"\\]|\\.)*"|[-+0-9.eE]+|true|false|null)')
 
 
 class _BadConstant:
@@ -605,6 +612,8 @@ def _check_values(value, path):
     """Reject NaN/Infinity and unreplaced {{placeholders}} anywhere, naming the field."""
     if isinstance(value, _BadConstant):
         raise Rejected(f"{path}: {value.text} is not a valid value", "invalid_field")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise Rejected(f"{path}: the number is out of range", "invalid_field")
     if isinstance(value, str) and _PLACEHOLDER.search(value):
         raise Rejected(f"{path}: unreplaced placeholder {value[:60]!r} (check the alert message)",
                        "invalid_field")
@@ -637,15 +646,27 @@ def _number(value, path):
     return number
 
 
+def _same_value(field, a, b):
+    if a == b:
+        return True
+    if field in NUMBER_FIELDS:
+        try:
+            return _number(a, field) == _number(b, field)
+        except Rejected:
+            return False
+    return False
+
+
 def _apply_aliases(data, path):
     out = {}
     for key, value in data.items():
         canonical = FIELD_ALIASES.get(key, key)
-        if canonical in out and out[canonical] != value:
+        if canonical in out and not _same_value(canonical, out[canonical], value):
             raise Rejected(f"{path}{key}: conflicts with another name for {canonical} "
                            f"({json.dumps(out[canonical])[:40]} vs {json.dumps(value)[:40]})",
                            "invalid_field")
-        if canonical != key and canonical in data and data[canonical] != value:
+        if canonical != key and canonical in data and not _same_value(canonical,
+                                                                      data[canonical], value):
             raise Rejected(f"{path}{key}: both {key} and {canonical} given, with different "
                            "values", "invalid_field")
         out[canonical] = value
@@ -661,9 +682,9 @@ def _normalise_fields(data, path=""):
             data[key] = _number(value, where)
         elif key in INTEGER_FIELDS and value is not None:
             number = _number(value, where)
-            if number != int(number) or number < INTEGER_FIELDS[key]:
-                raise Rejected(f"{where}: expected a whole number >= {INTEGER_FIELDS[key]}, "
-                               f"got {value!r}", "invalid_field")
+            if number != int(number) or not INTEGER_FIELDS[key] <= number <= INTEGER_MAX:
+                raise Rejected(f"{where}: expected a whole number from {INTEGER_FIELDS[key]} "
+                               f"to {INTEGER_MAX}, got {value!r}", "invalid_field")
             data[key] = int(number)
         elif key in TIME_FIELDS and value is not None:
             data[key] = iso(parse_time(value, where)[0])
@@ -683,6 +704,14 @@ def _normalise_fields(data, path=""):
                 raise Rejected(f"{where}: expected an object", "invalid_field")
         elif key == "be_triggered" and value is not None and not isinstance(value, bool):
             raise Rejected(f"{where}: expected true or false", "invalid_field")
+        elif key in TEXT_FIELDS and value is not None and not isinstance(value, str):
+            raise Rejected(f"{where}: expected text, got {type(value).__name__}",
+                           "invalid_trade_id" if key == "trade_id" else "invalid_field")
+        elif key == "timeframe" and value is not None:
+            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+                raise Rejected(f"{where}: expected text such as \"1\" or \"5\"",
+                               "invalid_field")
+            data[key] = value if isinstance(value, str) else format(value, "g")
     if "signal_time" in data and data["signal_time"] is not None:
         data["signal_time"] = _signal_time(data, path)
     if isinstance(data.get("session"), str):
@@ -837,7 +866,7 @@ def _insert_request(conn, received_at, peer, path, content_type, raw, source):
 
 def _store_event(conn, request_id, received_at, payload, batch_index):
     canonical = _canonical(payload)
-    trade_id = payload.get("trade_id")
+    trade_id = payload.get("trade_id") if payload["event_type"] in TRADE_TYPES else None
     key_source = f"{payload['event_type']}\x00{trade_id or ''}\x00{canonical}"
     dedup_key = hashlib.sha256(key_source.encode("utf-8")).hexdigest()
     rows = conn.execute(
@@ -905,7 +934,7 @@ _INSERT_SIGNAL = (f"INSERT OR REPLACE INTO signals({', '.join(SIGNAL_COLUMNS)}) 
 SIGNAL_MOMENT_RANK = {"SIGNAL_CREATED": 3, "ENTRY": 2, "CANCELLED": 1}
 TRADE_RANK = {"ENTRY": 3, "MFE_UPDATE": 2, "BE_TRIGGERED": 2, "EXIT_BE": 2, "EXIT_SL": 2,
               "EXIT_TP": 2}
-SESSION_RANK = {"SIGNAL_CREATED": 3, "ENTRY": 2, "CANCELLED": 1, "MFE_UPDATE": 1}
+SIGNAL_TIME_RANK = {"SIGNAL_CREATED": 3, "ENTRY": 2, "CANCELLED": 1, "MFE_UPDATE": 1}
 IDENTITY_RANK = {"SIGNAL_CREATED": 3, "ENTRY": 2, "CANCELLED": 1}     # others: 0
 EXCURSION_TYPES = {"ENTRY", "MFE_UPDATE", "BE_TRIGGERED", "EXIT_BE", "EXIT_SL", "EXIT_TP"}
 EXIT_TYPES = {"EXIT_SL", "EXIT_TP"}
@@ -1032,15 +1061,8 @@ def fold(row, event):
         for field in ("htf_alignment", "setup", "market_state"):
             if isinstance(p.get(field), dict) and p[field]:
                 offer(row, field, p[field], src, 1.0, rank)
-        signal_time = p.get("signal_time")
-        if etype == "SIGNAL_CREATED" and signal_time is None:
-            signal_time = p.get("event_timestamp")
-        if signal_time is not None and offer(row, "signal_time", signal_time, src, 1.0, rank):
-            offer(row, "signal_date", ny_date(from_iso(signal_time)), src, 1.0, 10)
-        elif isinstance(p.get("signal_date"), str):
-            offer(row, "signal_date", p["signal_date"].strip(), src, 1.0, rank)
-    if etype in SESSION_RANK and p.get("session") in SESSIONS:
-        offer(row, "session", p["session"], src, 1.0, SESSION_RANK[etype])
+    if etype in SIGNAL_TIME_RANK:
+        _fold_signal_time(row, p, etype, src)
 
     # The trade: entry, stop, targets.
     if etype in TRADE_RANK:
@@ -1050,9 +1072,11 @@ def fold(row, event):
         targets = p.get("targets")
         if isinstance(targets, dict) and any(targets.get(k) is not None for k in TARGET_FIELDS):
             offer(row, "targets", {k: targets.get(k) for k in TARGET_FIELDS}, src, 1.0, rank)
+    if etype in ("ENTRY", "MFE_UPDATE"):
+        rank = 2 if etype == "ENTRY" else 1
+        offer(row, "confirmation_time", p.get("confirmation_time"), src, 1.0, rank)
+        offer(row, "bars_to_confirmation", p.get("bars_to_confirmation"), src, 1.0, rank)
     if etype == "ENTRY":
-        offer(row, "confirmation_time", p.get("confirmation_time"), src, 1.0, 2)
-        offer(row, "bars_to_confirmation", p.get("bars_to_confirmation"), src, 1.0, 2)
         _conflict_values(row, "entry_price", p.get("entry_price"))
     if row["entry_price"] is not None and row["stop_loss"] is not None:
         _derive_risk(row)
@@ -1087,6 +1111,29 @@ def fold(row, event):
         offer(row, "bars_pending", p.get("bars_pending"), src, 1.0, 2)
 
     _derive_status(row)
+
+
+def _fold_signal_time(row, p, etype, src):
+    """The triangle time; the New York date and the session follow from it (one definition).
+
+    A session label in the payload is kept in the event but not used: the original indicator
+    computed it in other ways (exchange time zone, latest signal on the chart).
+    """
+    rank = SIGNAL_TIME_RANK[etype]
+    signal_time = p.get("signal_time")
+    if etype == "SIGNAL_CREATED" and signal_time is None:
+        signal_time = p.get("event_timestamp")
+    if signal_time is not None:
+        if offer(row, "signal_time", signal_time, src, 1.0, rank):
+            moment = from_iso(signal_time)
+            for field, value in (("signal_date", ny_date(moment)),
+                                 ("session", session_of(moment))):
+                row[field] = value
+                row["fold_state"]["ranks"][field] = [1.0, rank]
+                row["provenance"][field] = [src, 1.0]
+    elif isinstance(p.get("signal_date"), str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}",
+                                                                p["signal_date"].strip()):
+        offer(row, "signal_date", p["signal_date"].strip(), src, 1.0, rank - 0.5)
 
 
 def _earliest(row, field, value, source):
@@ -1173,8 +1220,8 @@ def _derive_status(row):
             "event_ids": sorted([fs["first"]["ENTRY"][0], fs["first"]["CANCELLED"][0]])}
     if types & {"EXIT_BE", "EXIT_SL"}:
         row["be_state"] = "STOPPED"
-    elif fs.get("be_triggered"):
-        row["be_state"] = "TRIGGERED"
+    elif fs.get("be_triggered") or (row["no_be_mfe"] or 0) >= 1.0:
+        row["be_state"] = "TRIGGERED"      # the indicator's rule: BE arms at +1R
     else:
         row["be_state"] = "NONE"
     if row["exit_sl_at"] and row["confirmation_time"] and row["exit_sl_at"] < row[
