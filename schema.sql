@@ -128,7 +128,7 @@ CREATE TABLE signals (
 );
 CREATE INDEX signals_id_time ON signals(id_time DESC, trade_id DESC);
 CREATE INDEX signals_status ON signals(status, id_time DESC);
-CREATE INDEX signals_symbol ON signals(symbol, id_time DESC);
+CREATE INDEX signals_symbol ON signals(symbol, signal_time);
 
 -- Price bars by symbol, from BAR events (first received wins for a given bar).
 CREATE TABLE bars (
@@ -141,6 +141,56 @@ CREATE TABLE bars (
     close      REAL NOT NULL,
     event_id   INTEGER NOT NULL,
     PRIMARY KEY (symbol, timeframe, time)
+) WITHOUT ROWID;
+
+------------------------------------------------------------------------------------------------
+-- Reconciliation: each pass of the loop, and every change a pass (or a late event superseding an
+-- estimate) made to a signal. History, not derived state: `rebuild` keeps it and adds to it.
+------------------------------------------------------------------------------------------------
+CREATE TABLE sync_runs (
+    run_id        INTEGER PRIMARY KEY,
+    started_at    TEXT NOT NULL,
+    finished_at   TEXT,                    -- NULL while running (or if the process died)
+    outcome       TEXT NOT NULL CHECK (outcome IN ('running', 'ok', 'failed', 'skipped')),
+    trigger       TEXT NOT NULL CHECK (trigger IN ('schedule', 'cli', 'rebuild', 'test')),
+    full_pass     INTEGER NOT NULL DEFAULT 0 CHECK (full_pass IN (0, 1)),
+    from_event_id INTEGER NOT NULL,        -- events with from < event_id <= to were new to it
+    to_event_id   INTEGER NOT NULL,
+    examined      INTEGER NOT NULL DEFAULT 0,  -- signals looked at
+    changes       INTEGER NOT NULL DEFAULT 0,  -- fields changed (= audit rows written)
+    counts        TEXT NOT NULL DEFAULT '{}',  -- JSON: changes by tier, e.g. {"tier3": 12}
+    error         TEXT                         -- the exception, when outcome = 'failed'
+);
+CREATE INDEX sync_runs_outcome ON sync_runs(outcome, run_id);
+
+CREATE TABLE sync_audit_log (
+    audit_id     INTEGER PRIMARY KEY,
+    run_id       INTEGER REFERENCES sync_runs(run_id),  -- NULL: done at ingest (a received
+                                                        -- event superseding an estimate)
+    created_at   TEXT NOT NULL,
+    trade_id     TEXT NOT NULL,
+    field        TEXT NOT NULL,
+    old_value    TEXT,                     -- JSON, NULL when the field was empty
+    new_value    TEXT,                     -- JSON, NULL when the value was retracted
+    data_source  TEXT NOT NULL,            -- of the new value (or of the retracted one)
+    confidence   REAL NOT NULL,
+    tier         TEXT NOT NULL CHECK (tier IN ('tier1', 'tier2', 'tier3', 'cancellation',
+                                               'ingest')),
+    reason       TEXT NOT NULL,
+    evidence     TEXT                      -- JSON: what the value was computed from
+);
+CREATE INDEX sync_audit_trade ON sync_audit_log(trade_id, audit_id);
+CREATE INDEX sync_audit_run ON sync_audit_log(run_id);
+
+-- The latest price sample of each symbol (an MFE_UPDATE's current_price, or a BAR's close), with
+-- its arrival, so Tier 2 can judge freshness with the server clock. symbol_key is the symbol
+-- without its exchange prefix ('CME_MINI:MNQ1!' -> 'MNQ1!').
+CREATE TABLE symbol_prices (
+    symbol_key  TEXT PRIMARY KEY,
+    price       REAL NOT NULL,
+    received_at TEXT NOT NULL,
+    event_id    INTEGER NOT NULL,
+    trade_id    TEXT                       -- the trade whose update carried it (NULL for a BAR)
 ) WITHOUT ROWID;
 
 -- Counters that are not rows of the log (duplicates, rejections by reason): kept here so that

@@ -9,6 +9,7 @@ One process, one SQLite file. Sections, in dependency order (search for the bann
     DATABASE        open_db, schema and migrations, the writer lock
     INGEST          raw body -> validated, normalised events -> the log
     LIFECYCLE       the fold: events -> one signal row, order-independent
+    RECONCILIATION  the tiers, cancellation by alternation, sync_once, the audit trail
     OPERATIONS      rebuild, replay-rejected, demo
     WEB APP         make_app: webhook, read endpoints, one error shape
     SERVICE         waitress server, scheduler, sd_notify, graceful shutdown
@@ -84,6 +85,9 @@ SETTINGS = [
     Setting("log_level", "INFO", str, "DEBUG, INFO, WARNING or ERROR"),
     Setting("display_tz", "America/New_York", str, "time zone for display (storage is UTC)"),
     Setting("checkpoint_seconds", 5, int, "WAL checkpoint period of the running server"),
+    Setting("sync_seconds", 120, int, "period of the reconciliation loop"),
+    Setting("price_fresh_seconds", 600, int, "a price sample older than this is not used "
+            "to estimate excursions or infer exits"),
 ]
 SETTINGS_BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -105,6 +109,8 @@ class Config:
     log_level: str = "INFO"
     display_tz: str = "America/New_York"
     checkpoint_seconds: int = 5
+    sync_seconds: int = 120
+    price_fresh_seconds: int = 600
 
     @property
     def loopback_only(self):
@@ -970,10 +976,21 @@ def offer(row, field, value, source, confidence, rank=0):
     old = fs["ranks"].get(field)
     if row[field] is not None and old is not None and not precedes((confidence, rank), tuple(old)):
         return False
+    previous = row["provenance"].get(field)
+    if previous is not None and previous[1] < 1.0 and confidence >= 1.0 and row[field] != value:
+        _queue_audit(row, field, row[field], value, source, confidence, "ingest",
+                     f"a received {source} value supersedes the {previous[0]} estimate")
     row[field] = value
     fs["ranks"][field] = [confidence, rank]
     row["provenance"][field] = [source, confidence]
     return True
+
+
+def _queue_audit(row, field, old, new, source, confidence, tier, reason, evidence=None):
+    """Remember a change for the audit log; whoever saves the row writes it."""
+    row.setdefault("_audit", []).append({
+        "field": field, "old": old, "new": new, "source": source, "confidence": confidence,
+        "tier": tier, "reason": reason, "evidence": evidence})
 
 
 def _conflict_values(row, kind, value):
@@ -997,14 +1014,40 @@ def load_signal(conn, trade_id):
     return row
 
 
-def save_signal(conn, row):
+def save_signal(conn, row, *, now, run_id=None):
+    """Write the row, and an audit row for every change queued on it."""
     conn.execute(_INSERT_SIGNAL, [
         _canonical(row[c]) if c in JSON_COLUMNS and row[c] is not None else row[c]
         for c in SIGNAL_COLUMNS])
+    for a in row.pop("_audit", ()):
+        conn.execute(
+            "INSERT INTO sync_audit_log(run_id, created_at, trade_id, field, old_value, "
+            "new_value, data_source, confidence, tier, reason, evidence) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (run_id, now, row["trade_id"], a["field"],
+             None if a["old"] is None else _canonical(a["old"]),
+             None if a["new"] is None else _canonical(a["new"]), a["source"], a["confidence"],
+             a["tier"], a["reason"], None if a["evidence"] is None else _canonical(a["evidence"])))
+
+
+def symbol_key(symbol):
+    """The symbol without its exchange prefix: 'CME_MINI:MNQ1!' and 'MNQ1!' are one market."""
+    return str(symbol).split(":")[-1].strip() if symbol is not None else None
+
+
+def _record_price(conn, symbol, price, event):
+    if symbol is None or price is None:
+        return
+    conn.execute(
+        "INSERT INTO symbol_prices(symbol_key, price, received_at, event_id, trade_id) "
+        "VALUES (?, ?, ?, ?, ?) ON CONFLICT(symbol_key) DO UPDATE SET price = excluded.price, "
+        "received_at = excluded.received_at, event_id = excluded.event_id, "
+        "trade_id = excluded.trade_id WHERE excluded.received_at >= symbol_prices.received_at",
+        (symbol_key(symbol), price, event["received_at"], event["event_id"], event["trade_id"]))
 
 
 def derive_event(conn, event, cache=None):
-    """Apply one stored event to the derived tables (signals, bars)."""
+    """Apply one stored event to the derived tables (signals, bars, symbol_prices)."""
     payload = event["payload"]
     if event["event_type"] == "BAR":
         conn.execute("INSERT INTO bars(symbol, timeframe, time, open, high, low, close, event_id) "
@@ -1012,6 +1055,7 @@ def derive_event(conn, event, cache=None):
                      (payload["symbol"], str(payload.get("timeframe") or ""), payload["time"],
                       payload["open"], payload["high"], payload["low"], payload["close"],
                       event["event_id"]))
+        _record_price(conn, payload["symbol"], payload["close"], event)
         return
     trade_id = event["trade_id"]
     if trade_id is None:
@@ -1023,10 +1067,13 @@ def derive_event(conn, event, cache=None):
     if row is None:
         row = new_signal(trade_id, event["received_at"])
     fold(row, event)
+    if event["event_type"] == "MFE_UPDATE":
+        _record_price(conn, payload.get("symbol") or row["symbol"], payload.get("current_price"),
+                      event)
     if cache is not None:
         cache[trade_id] = row
     else:
-        save_signal(conn, row)
+        save_signal(conn, row, now=event["received_at"])
 
 
 def fold(row, event):
@@ -1080,6 +1127,13 @@ def fold(row, event):
         _conflict_values(row, "entry_price", p.get("entry_price"))
     if row["entry_price"] is not None and row["stop_loss"] is not None:
         _derive_risk(row)
+
+    inferred = fs.get("inferred_exit")
+    if inferred and etype == "MFE_UPDATE" and received > inferred["evidence_received_at"] \
+            and (p.get("mae_global_r") is None or p["mae_global_r"] > -1.0):
+        del fs["inferred_exit"]
+        retract(row, EXIT_FIELDS, "the trade's own later update shows it still open: the "
+                                  "inferred exit was wrong")
 
     # Excursions: running maximum / minimum of everything received, whatever the order.
     if etype in EXCURSION_TYPES:
@@ -1183,8 +1237,12 @@ def _running(row, field, value, better):
     else:
         new = better(row[field], value)
     if new != row[field] or prov is None or prov[1] < 1.0:
+        if prov is not None and prov[1] < 1.0 and new != row[field]:
+            _queue_audit(row, field, row[field], new, "indicator", 1.0, "ingest",
+                         f"a received value supersedes the {prov[0]} estimate")
         row[field] = new
         row["provenance"][field] = ["indicator", 1.0]
+        row["fold_state"]["ranks"][field] = [1.0, 0]
 
 
 def _check_second_lifecycle(row, event):
@@ -1192,7 +1250,7 @@ def _check_second_lifecycle(row, event):
     first = row["fold_state"]["first"]
     etype = event["event_type"]
     if etype not in first:
-        first[etype] = [event["event_id"], event["dedup_key"]]
+        first[etype] = [event["event_id"], event["dedup_key"], event["received_at"]]
         return
     if first[etype][1] != event["dedup_key"]:
         kind = "second_" + etype.lower()
@@ -1201,16 +1259,37 @@ def _check_second_lifecycle(row, event):
         row["conflicts"][kind] = {"event_ids": ids}
 
 
+CANCEL_FIELDS = ("cancelled_at", "cancelled_by", "cancel_reason", "bars_pending")
+EXIT_FIELDS = ("exit_sl_at", "exit_price", "exit_reason")
+
+
+def retract(row, fields, reason, tier="ingest"):
+    """Withdraw inferred values (never received ones), auditing each."""
+    for field in fields:
+        prov = row["provenance"].get(field)
+        if prov is not None and prov[1] < 1.0 and row[field] is not None:
+            _queue_audit(row, field, row[field], None, prov[0], prov[1], tier, reason)
+            row[field] = None
+            del row["provenance"][field]
+            row["fold_state"]["ranks"].pop(field, None)
+
+
 def _derive_status(row):
     fs = row["fold_state"]
     types = set(fs["types"])
     row["has_signal_created"] = int("SIGNAL_CREATED" in types)
     row["has_entry"] = int("ENTRY" in types)
-    if types & EXIT_TYPES:
+    if fs.get("inferred_cancel") and types & ENTRY_EVIDENCE:
+        del fs["inferred_cancel"]
+        retract(row, CANCEL_FIELDS, "evidence of an entry arrived: the inferred cancellation "
+                                    "was wrong")
+    if fs.get("inferred_exit") and types & EXIT_TYPES:
+        del fs["inferred_exit"]           # the real exit's values have superseded the estimate
+    if types & EXIT_TYPES or fs.get("inferred_exit"):
         status = "EXITED"
     elif types & ENTRY_EVIDENCE:
         status = "ACTIVE"
-    elif "CANCELLED" in types:
+    elif "CANCELLED" in types or fs.get("inferred_cancel"):
         status = "CANCELLED"
     else:
         status = "PENDING"
@@ -1231,14 +1310,313 @@ def _derive_status(row):
 
 
 # ============================================================================================
+# RECONCILIATION
+# ============================================================================================
+# A pass makes each signal as complete as the evidence allows, never pretending: every value it
+# sets carries its data_source and confidence, goes through `offer` (the one precedence rule),
+# and writes one sync_audit_log row. Tier 0 (the trade's own SIGNAL_CREATED) happens in the fold,
+# because that event shares the trade_id: its values are received data at 1.0. Tier 1 (bars)
+# has its seam in `_tier1_bars`.
+
+PRICE_FRESH_SECONDS = 600            # a price sample older than this proves nothing
+SYNC_CHUNK = 200                     # signals per write transaction: webhooks wait < ~0.1 s
+RUNNING_PASS_STALE = dt.timedelta(minutes=10)
+_TIMEFRAME_MINUTES = re.compile(r"^(\d+)$")
+
+
+@dataclasses.dataclass
+class PassContext:
+    """What a pass knows besides the signal row: the clock and a way to read the database."""
+    conn: object
+    now: dt.datetime
+    fresh_seconds: int = PRICE_FRESH_SECONDS
+
+    def price(self, symbol):
+        rows = self.conn.execute(
+            "SELECT price, received_at, event_id, trade_id FROM symbol_prices "
+            "WHERE symbol_key = ?", (symbol_key(symbol),)).fetchall()
+        return dict(zip(("price", "received_at", "event_id", "trade_id"), rows[0])) \
+            if rows else None
+
+    def next_opposite(self, row):
+        """The first later signal of the other direction on the same symbol (SPEC 3.3)."""
+        direction = row["direction"] or row["id_direction"]
+        rows = self.conn.execute(
+            "SELECT trade_id, signal_time FROM signals WHERE symbol = ? AND signal_time > ? "
+            "AND coalesce(direction, id_direction) <> ? ORDER BY signal_time, trade_id LIMIT 1",
+            (row["symbol"], row["signal_time"], direction)).fetchall()
+        return {"trade_id": rows[0][0], "signal_time": rows[0][1]} if rows else None
+
+
+def estimate(row, field, value, source, confidence, tier, reason, evidence=None, update=False):
+    """A reconciliation fill through the one precedence rule; audited when it changes the row.
+
+    `update` lets an estimate replace an estimate of the same standing (a running maximum
+    computed from newer evidence); it never beats a received value.
+    """
+    if value is None:
+        return False
+    old, prov = row[field], row["provenance"].get(field)
+    if old == value and prov == [source, confidence]:
+        return False                                    # nothing new: write nothing
+    rank = row["fold_state"]["ranks"].get(field)
+    if old is not None and rank is not None:
+        standing = (confidence, 0)
+        if not (precedes(standing, tuple(rank)) or (update and standing == tuple(rank))):
+            return False
+    row[field] = value
+    row["provenance"][field] = [source, confidence]
+    row["fold_state"]["ranks"][field] = [confidence, 0]
+    _queue_audit(row, field, old, value, source, confidence, tier, reason, evidence)
+    return True
+
+
+def _tier1_bars(row, ctx):
+    """Tier 1 (price bars, 0.95): the seam for path-based excursions and exits. Not yet built:
+    until then Tier 2 works from single price samples at lower confidence."""
+    return 0
+
+
+def _tier2_calculation(row, ctx):
+    changes = 0
+    fs = row["fold_state"]
+    direction = row["direction"] or row["id_direction"]
+    sign = 1 if direction == "Bullish" else -1
+    entry, stop = row["entry_price"], row["stop_loss"]
+    confirmed = row["status"] in ("ACTIVE", "EXITED")
+    risk = abs(entry - stop) if entry is not None and stop is not None else None
+    if confirmed and risk:
+        targets = {str(k): round(entry + sign * k * risk, 6) for k in TARGET_MULTIPLES}
+        changes += estimate(row, "targets_extended", targets, "calculated", 1.0, "tier2",
+                            "entry ± k·risk by direction (an identity)",
+                            {"entry_price": entry, "stop_loss": stop, "direction": direction})
+    entry_event = fs["first"].get("ENTRY")
+    if confirmed and entry_event and len(entry_event) > 2:
+        changes += estimate(row, "confirmation_time", entry_event[2], "calculated", 0.8, "tier2",
+                            "upper bound: the ENTRY alert fires at the confirmation bar's close",
+                            {"entry_event_id": entry_event[0], "received_at": entry_event[2]})
+    if row["status"] != "ACTIVE" or not risk or row["symbol"] is None:
+        return changes
+    sample = ctx.price(row["symbol"])
+    if sample is None:
+        return changes
+    age = (ctx.now - from_iso(sample["received_at"])).total_seconds()
+    since = entry_event[2] if entry_event and len(entry_event) > 2 else row["first_received_at"]
+    if age > ctx.fresh_seconds or sample["received_at"] < since:
+        return changes                   # stale, or older than the trade: proves nothing
+    r = sign * (sample["price"] - entry) / risk
+    evidence = {"price": sample["price"], "received_at": sample["received_at"],
+                "event_id": sample["event_id"], "from_trade": sample["trade_id"],
+                "symbol": symbol_key(row["symbol"])}
+    for field, value, better in (("no_be_mfe", max(r, 0.0), max), ("mae", min(r, 0.0), min)):
+        prov = row["provenance"].get(field)
+        if row[field] is None or (prov and prov[1] < 1.0):
+            new = round(value if row[field] is None else better(row[field], value), 6)
+            changes += estimate(row, field, new, "calculated", 0.8, "tier2",
+                                "from the latest fresh price of the same symbol", evidence,
+                                update=True)
+    past_stop = (sample["price"] <= stop) if sign == 1 else (sample["price"] >= stop)
+    if past_stop and not fs.get("inferred_exit"):
+        fs["inferred_exit"] = {"evidence_received_at": sample["received_at"]}
+        reason = "a fresh same-symbol price is past the stop: exit missed"
+        changes += estimate(row, "exit_sl_at", sample["received_at"], "inferred", 0.7, "tier2",
+                            reason, evidence)
+        changes += estimate(row, "exit_price", stop, "inferred", 0.7, "tier2", reason, evidence)
+        changes += estimate(row, "exit_reason", "inferred_stop_crossed", "inferred", 0.7,
+                            "tier2", reason, evidence)
+        _derive_status(row)
+    return changes
+
+
+def _tier3_trade_id(row, ctx):
+    moment = from_iso(row["id_time"])
+    reason, evidence = "parsed from the trade_id", {"trade_id": row["trade_id"]}
+    changes = estimate(row, "signal_time", row["id_time"], "trade_id", 0.9, "tier3", reason,
+                       evidence)
+    for field, value in (("signal_date", ny_date(moment)), ("session", session_of(moment)),
+                         ("direction", row["id_direction"])):
+        changes += estimate(row, field, value, "trade_id", 0.9, "tier3", reason, evidence)
+    return changes
+
+
+def _cancellation(row, ctx):
+    """SPEC 3.3: a PENDING signal followed by an opposite one on its symbol is cancelled then."""
+    fs = row["fold_state"]
+    if row["status"] != "PENDING" or row["symbol"] is None or row["signal_time"] is None:
+        return 0
+    later = ctx.next_opposite(row)
+    if later is None:
+        return 0
+    fs["inferred_cancel"] = True
+    minutes = _TIMEFRAME_MINUTES.match(row["timeframe"] or "")
+    bars = None
+    if minutes and int(minutes.group(1)) > 0:
+        gap = from_iso(later["signal_time"]) - from_iso(row["signal_time"])
+        bars = int(gap.total_seconds() // (60 * int(minutes.group(1))))
+    reason = "alternation: an opposite signal on the same symbol before confirmation"
+    evidence = {"cancelled_by": later["trade_id"], "its_signal_time": later["signal_time"]}
+    changes = estimate(row, "cancelled_at", later["signal_time"], "inferred", 0.95,
+                       "cancellation", reason, evidence)
+    changes += estimate(row, "cancelled_by", later["trade_id"], "inferred", 0.95,
+                        "cancellation", reason, evidence)
+    changes += estimate(row, "bars_pending", bars, "inferred", 0.95, "cancellation", reason,
+                        evidence)
+    changes += estimate(row, "cancel_reason", "opposite_signal", "inferred", 0.95,
+                        "cancellation", reason, evidence)
+    _derive_status(row)
+    return changes
+
+
+TIERS = (("tier1", _tier1_bars), ("tier2", _tier2_calculation), ("tier3", _tier3_trade_id),
+         ("cancellation", _cancellation))
+
+
+def reconcile(row, ctx):
+    """Run every tier, in order, over one signal row; returns {tier: fields changed}."""
+    counts = {}
+    for name, tier in TIERS:
+        changed = tier(row, ctx)
+        if changed:
+            counts[name] = counts.get(name, 0) + changed
+    return counts
+
+
+class PassSkipped(SigsyncError):
+    code = "sync_skipped"
+
+
+_pass_lock = threading.Lock()
+
+
+def sync_once(db, *, now, trigger="cli", full=False, fresh_seconds=PRICE_FRESH_SECONDS):
+    """One reconciliation pass, recorded in sync_runs. Returns the run's row as a dict.
+
+    Incremental by default: only signals with events since the last good pass, the open trades
+    of their symbols, and the pending signals their arrival can cancel. A pass that would
+    overlap a running one (this process or another) is recorded as skipped, not stacked.
+    """
+    if not _pass_lock.acquire(blocking=False):
+        return _skip(db, now, trigger, "another pass is running in this process")
+    try:
+        return _sync_locked(db, now, trigger, full, fresh_seconds)
+    finally:
+        _pass_lock.release()
+
+
+def _skip(db, now, trigger, why):
+    with db.write() as conn:
+        conn.execute("INSERT INTO sync_runs(started_at, finished_at, outcome, trigger, "
+                     "from_event_id, to_event_id, error) VALUES (?, ?, 'skipped', ?, 0, 0, ?)",
+                     (iso(now), iso(now), trigger, why))
+        run_id = conn.last_insert_rowid()
+    log.warning("what=sync outcome=skipped run_id=%s reason=%r", run_id, why)
+    return {"run_id": run_id, "outcome": "skipped", "error": why}
+
+
+def _sync_locked(db, now, trigger, full, fresh_seconds):
+    started = time.monotonic()
+    with db.write() as conn:
+        running = conn.execute("SELECT run_id FROM sync_runs WHERE outcome = 'running' AND "
+                               "started_at > ?", (iso(now - RUNNING_PASS_STALE),)).fetchall()
+        if running:
+            skip = True
+        else:
+            skip = False
+            mark = conn.execute("SELECT coalesce(max(to_event_id), 0) FROM sync_runs "
+                                "WHERE outcome = 'ok'").fetchall()[0][0]
+            top = conn.execute("SELECT coalesce(max(event_id), 0) FROM events").fetchall()[0][0]
+            conn.execute("INSERT INTO sync_runs(started_at, outcome, trigger, full_pass, "
+                         "from_event_id, to_event_id) VALUES (?, 'running', ?, ?, ?, ?)",
+                         (iso(now), trigger, int(full), 0 if full else mark, top))
+            run_id = conn.last_insert_rowid()
+    if skip:
+        return _skip(db, now, trigger, f"pass {running[0][0]} is still running")
+    counts, examined = {}, 0
+    try:
+        work = _work_set(db, mark, top, full)
+        for start in range(0, len(work), SYNC_CHUNK):
+            with db.write() as conn:
+                ctx = PassContext(conn, now, fresh_seconds)
+                for trade_id in work[start:start + SYNC_CHUNK]:
+                    row = load_signal(conn, trade_id)
+                    if row is None:
+                        continue
+                    examined += 1
+                    for tier, n in reconcile(row, ctx).items():
+                        counts[tier] = counts.get(tier, 0) + n
+                    if row.get("_audit"):
+                        save_signal(conn, row, now=iso(now), run_id=run_id)
+        outcome, error = "ok", None
+    except Exception as e:       # recorded, logged and counted by the caller; never fatal
+        outcome, error = "failed", f"{type(e).__name__}: {e}"
+        log.exception("what=sync outcome=failed run_id=%s error=%r", run_id, e)
+    changes = sum(counts.values())
+    with db.write() as conn:
+        conn.execute("UPDATE sync_runs SET finished_at = ?, outcome = ?, examined = ?, "
+                     "changes = ?, counts = ?, error = ? WHERE run_id = ?",
+                     (iso(now + dt.timedelta(seconds=time.monotonic() - started)), outcome,
+                      examined, changes, _canonical(counts), error, run_id))
+    log.info("what=sync outcome=%s run_id=%s examined=%s changes=%s seconds=%.3f", outcome,
+             run_id, examined, changes, time.monotonic() - started)
+    result = {"run_id": run_id, "outcome": outcome, "examined": examined, "changes": changes,
+              "counts": counts, "error": error}
+    if outcome == "failed":
+        raise SyncFailed(error, result)
+    return result
+
+
+class SyncFailed(SigsyncError):
+    code = "sync_failed"
+
+    def __init__(self, message, result):
+        super().__init__(message)
+        self.result = result
+
+
+def _work_set(db, mark, top, full):
+    """The trade_ids a pass must look at, in a stable order."""
+    reader = db.reader()
+    if full:
+        return [r[0] for r in reader.execute("SELECT trade_id FROM signals ORDER BY trade_id")]
+    touched = {r[0] for r in reader.execute(
+        "SELECT DISTINCT trade_id FROM events WHERE event_id > ? AND event_id <= ? "
+        "AND trade_id IS NOT NULL", (mark, top))}
+    if not touched:
+        return []
+    work = set(touched)
+    symbols = set()
+    for trade_id in touched:
+        for symbol, signal_time, direction in reader.execute(
+                "SELECT symbol, signal_time, coalesce(direction, id_direction) FROM signals "
+                "WHERE trade_id = ?", (trade_id,)):
+            if symbol is None:
+                continue
+            symbols.add(symbol)
+            if signal_time is not None:   # pending signals this one may cancel
+                work.update(r[0] for r in reader.execute(
+                    "SELECT trade_id FROM signals WHERE symbol = ? AND signal_time < ? AND "
+                    "status = 'PENDING' AND coalesce(direction, id_direction) <> ?",
+                    (symbol, signal_time, direction)))
+    for symbol in symbols:                # open trades that a fresh price of theirs may move
+        work.update(r[0] for r in reader.execute(
+            "SELECT trade_id FROM signals WHERE symbol = ? AND status = 'ACTIVE'", (symbol,)))
+    return sorted(work)
+
+
+# ============================================================================================
 # OPERATIONS
 # ============================================================================================
 
-DERIVED_TABLES = ("signals", "bars")
+DERIVED_TABLES = ("signals", "bars", "symbol_prices")
 
 
-def rebuild(db):
-    """Recompute every derived table from the event log, in one transaction."""
+def rebuild(db, *, now):
+    """Recompute every derived table from the event log, then run one full pass.
+
+    The fold runs in one transaction; the pass re-makes the estimates that the evidence still
+    supports at `now` (a price that was fresh then may be stale now: the audit log keeps what
+    earlier passes did).
+    """
     with db.write() as conn:
         for table in DERIVED_TABLES:
             conn.execute(f"DELETE FROM {table}")
@@ -1254,8 +1632,9 @@ def rebuild(db):
                          cache)
             count += 1
         for row in cache.values():
-            save_signal(conn, row)
-    return {"events": count, "signals": len(cache)}
+            save_signal(conn, row, now=iso(now))
+    run = sync_once(db, now=now, trigger="rebuild", full=True)
+    return {"events": count, "signals": len(cache), "changes": run["changes"]}
 
 
 def replay_rejected(db, *, now, include_auth=False, ids=None):
@@ -1724,7 +2103,14 @@ def make_scheduler(db, clock, config):
     """The background jobs, on a fresh schedule.Scheduler."""
     sched = schedule.Scheduler()
     sched.every(config.checkpoint_seconds).seconds.do(_guarded, "checkpoint", db.checkpoint)
+    sched.every(config.sync_seconds).seconds.do(_guarded, "sync", job_sync, db, clock, config)
     return sched
+
+
+def job_sync(db, clock, config):
+    """The reconciliation loop's job: one incremental pass (failures are recorded by it)."""
+    return sync_once(db, now=clock.now(), trigger="schedule",
+                     fresh_seconds=config.price_fresh_seconds)
 
 
 _job_failures = {}
@@ -1819,13 +2205,35 @@ def cmd_serve(args, config):
     return serve(config)
 
 
+def cmd_sync(args, config):
+    db = open_db(config.db)
+    try:
+        result = sync_once(db, now=Clock().now(), trigger="cli", full=args.full,
+                           fresh_seconds=config.price_fresh_seconds)
+    except SyncFailed as e:
+        result = e.result
+    finally:
+        db.close()
+    if args.json:
+        _print_json(result)
+    else:
+        by_tier = ", ".join(f"{k} {v}" for k, v in sorted(result.get("counts", {}).items()))
+        print(f"sync run {result['run_id']}: {result['outcome']}"
+              + (f", {result['examined']} signals examined, {result['changes']} fields changed"
+                 if result["outcome"] != "skipped" else "")
+              + (f" ({by_tier})" if by_tier else "")
+              + (f": {result['error']}" if result.get("error") else ""))
+    return 0 if result["outcome"] in ("ok", "skipped") else 1
+
+
 def cmd_rebuild(args, config):
     db = open_db(config.db)
     try:
-        result = rebuild(db)
+        result = rebuild(db, now=Clock().now())
     finally:
         db.close()
-    print(f"rebuilt {result['signals']} signals from {result['events']} events")
+    print(f"rebuilt {result['signals']} signals from {result['events']} events; "
+          f"reconciliation filled {result['changes']} fields")
     return 0
 
 
@@ -1874,6 +2282,10 @@ def build_parser():
     parser.add_argument("--version", action="version", version=f"sigsync {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("serve", parents=[common], help="run the webhook server and the loop")
+    p = sub.add_parser("sync", parents=[common], help="run one reconciliation pass")
+    p.add_argument("--full", action="store_true", help="look at every signal, not only those "
+                   "with new evidence")
+    p.add_argument("--json", action="store_true")
     sub.add_parser("rebuild", parents=[common], help="recompute derived state from the log")
     p = sub.add_parser("replay-rejected", parents=[common], help="re-ingest dead letters")
     p.add_argument("ids", nargs="*", type=int, help="only these dead letters")
