@@ -1467,14 +1467,16 @@ def _cancellation(row, ctx):
     return changes
 
 
-TIERS = (("tier1", _tier1_bars), ("tier2", _tier2_calculation), ("tier3", _tier3_trade_id),
-         ("cancellation", _cancellation))
+# Two phases over the work set: the tiers first, so that every signal has its time before the
+# alternation phase compares neighbours.
+PHASES = ((("tier1", _tier1_bars), ("tier2", _tier2_calculation), ("tier3", _tier3_trade_id)),
+          (("cancellation", _cancellation),))
 
 
-def reconcile(row, ctx):
-    """Run every tier, in order, over one signal row; returns {tier: fields changed}."""
+def reconcile(row, ctx, tiers):
+    """Run the given tiers, in order, over one signal row; returns {tier: fields changed}."""
     counts = {}
-    for name, tier in TIERS:
+    for name, tier in tiers:
         changed = tier(row, ctx)
         if changed:
             counts[name] = counts.get(name, 0) + changed
@@ -1534,18 +1536,19 @@ def _sync_locked(db, now, trigger, full, fresh_seconds):
     counts, examined = {}, 0
     try:
         work = _work_set(db, mark, top, full)
-        for start in range(0, len(work), SYNC_CHUNK):
-            with db.write() as conn:
-                ctx = PassContext(conn, now, fresh_seconds)
-                for trade_id in work[start:start + SYNC_CHUNK]:
-                    row = load_signal(conn, trade_id)
-                    if row is None:
-                        continue
-                    examined += 1
-                    for tier, n in reconcile(row, ctx).items():
-                        counts[tier] = counts.get(tier, 0) + n
-                    if row.get("_audit"):
-                        save_signal(conn, row, now=iso(now), run_id=run_id)
+        examined = len(work)
+        for tiers in PHASES:
+            for start in range(0, len(work), SYNC_CHUNK):
+                with db.write() as conn:
+                    ctx = PassContext(conn, now, fresh_seconds)
+                    for trade_id in work[start:start + SYNC_CHUNK]:
+                        row = load_signal(conn, trade_id)
+                        if row is None:
+                            continue
+                        for tier, n in reconcile(row, ctx, tiers).items():
+                            counts[tier] = counts.get(tier, 0) + n
+                        if row.get("_audit"):
+                            save_signal(conn, row, now=iso(now), run_id=run_id)
         outcome, error = "ok", None
     except Exception as e:       # recorded, logged and counted by the caller; never fatal
         outcome, error = "failed", f"{type(e).__name__}: {e}"
@@ -1587,8 +1590,8 @@ def _work_set(db, mark, top, full):
     symbols = set()
     for trade_id in touched:
         for symbol, signal_time, direction in reader.execute(
-                "SELECT symbol, signal_time, coalesce(direction, id_direction) FROM signals "
-                "WHERE trade_id = ?", (trade_id,)):
+                "SELECT symbol, coalesce(signal_time, id_time), "
+                "coalesce(direction, id_direction) FROM signals WHERE trade_id = ?", (trade_id,)):
             if symbol is None:
                 continue
             symbols.add(symbol)
@@ -1983,13 +1986,20 @@ def make_app(db, clock, config):
         total = db.query("SELECT count(*) AS n FROM rejected")[0]["n"]
         return {"total": total, "rejected": rows}
 
+    started_at = clock.now()
+
     @app.get("/healthz")
     def api_healthz():
+        """Liveness: the database answers and the reconciliation loop is not late."""
+        now = clock.now()
         try:
-            db.query("SELECT max(request_id) AS n FROM requests")
+            loop = loop_status(db, now=now, started_at=started_at,
+                               interval=config.sync_seconds)
         except STORAGE_ERRORS as e:
             return _json_response({"ok": False, "database": str(e)}, 503)
-        return _json_response({"ok": True, "database": "ok", "version": __version__})
+        ok = not loop["late"]
+        return _json_response({"ok": ok, "database": "ok", "loop": loop,
+                               "version": __version__}, 200 if ok else 503)
 
     def _default_error(error):
         bottle.response.content_type = "application/json"
@@ -2004,6 +2014,24 @@ def make_app(db, clock, config):
 
     app.default_error_handler = _default_error
     return app
+
+
+def loop_status(db, *, now, started_at, interval):
+    """The reconciliation loop as an operator needs to see it: last run, last error, lateness.
+
+    Late = no pass has started for two intervals plus a minute (counting from the later of the
+    last pass and this server's start).
+    """
+    last = db.query("SELECT run_id, started_at, finished_at, outcome, error FROM sync_runs "
+                    "WHERE outcome <> 'skipped' ORDER BY run_id DESC LIMIT 1")
+    failed = db.query("SELECT run_id, started_at, error FROM sync_runs WHERE outcome = 'failed' "
+                      "ORDER BY run_id DESC LIMIT 1")
+    reference = started_at
+    if last and from_iso(last[0]["started_at"]) > reference:
+        reference = from_iso(last[0]["started_at"])
+    due_at = reference + dt.timedelta(seconds=2 * interval + 60)
+    return {"last_run": last[0] if last else None, "last_failure": failed[0] if failed else None,
+            "due_by": iso(due_at), "late": now > due_at}
 
 
 def _int_param(name, default, low, high):

@@ -1,0 +1,377 @@
+"""Reconciliation (SPEC §3.1–§3.3, §3.6): each tier and each precedence case, with a fixed clock."""
+
+import datetime as dt
+import json
+
+import pytest
+
+import sigsync
+from conftest import START, signal_row
+
+BULL = "20251215_100000000_BULLISH"       # 10:00 New York = 15:00Z
+BEAR = "20251215_100300000_BEARISH"       # 10:03
+BULL2 = "20251215_100600000_BULLISH"      # 10:06
+
+
+def send(db, clock, **fields):
+    return sigsync.ingest(db, json.dumps(fields).encode(), now=clock.now())
+
+
+def created(trade_id, symbol="MNQ1!", **extra):
+    direction = "Bullish" if trade_id.endswith("BULLISH") else "Bearish"
+    stamp = f"2025-12-15T{trade_id[9:11]}:{trade_id[11:13]}:00"
+    return dict(event_type="SIGNAL_CREATED", trade_id=trade_id, direction=direction,
+                symbol=symbol, timeframe="1", event_timestamp=stamp,
+                htf_alignment={"daily": "Bullish", "h1": "Bullish"}, **extra)
+
+
+def entry(trade_id, price=25680.0, stop=25640.0, **extra):
+    direction = "Bullish" if trade_id.endswith("BULLISH") else "Bearish"
+    return dict(event_type="ENTRY", trade_id=trade_id, direction=direction, symbol="MNQ1!",
+                entry_price=price, stop_loss=stop, **extra)
+
+
+def audit(db, trade_id=None):
+    sql = "SELECT * FROM sync_audit_log" + (" WHERE trade_id = ?" if trade_id else "")
+    return db.query(sql + " ORDER BY audit_id", (trade_id,) if trade_id else ())
+
+
+def prov(row, field):
+    return row["provenance"].get(field)
+
+
+# --- Tier 3 and Tier 2 identities ------------------------------------------------------------
+
+def test_tier3_fills_time_date_session_direction_from_the_trade_id(db, clock):
+    send(db, clock, **entry(BULL))
+    run = sigsync.sync_once(db, now=clock.now())
+    row = signal_row(db, BULL)
+    assert row["signal_time"] == "2025-12-15T15:00:00.000Z"
+    assert (row["signal_date"], row["session"]) == ("2025-12-15", "NY AM")
+    assert prov(row, "signal_time") == ["trade_id", 0.9]
+    assert prov(row, "direction") == ["indicator", 1.0]       # received: not overwritten
+    fields = {a["field"]: a for a in audit(db, BULL)}
+    assert fields["session"]["tier"] == "tier3" and fields["session"]["run_id"] == run["run_id"]
+    assert json.loads(fields["session"]["new_value"]) == "NY AM"
+    assert "direction" not in fields
+
+
+def test_tier2_targets_extended_are_an_exact_identity(db, clock):
+    send(db, clock, **entry(BEAR, price=25710.25, stop=25731.5))
+    sigsync.sync_once(db, now=clock.now())
+    row = signal_row(db, BEAR)
+    assert row["targets_extended"] == {"1": 25689.0, "2": 25667.75, "3": 25646.5,
+                                       "5": 25604.0, "10": 25497.75, "20": 25285.25}
+    assert prov(row, "targets_extended") == ["calculated", 1.0]
+
+
+def test_tier2_confirmation_time_is_bounded_by_the_entry_arrival(db, clock):
+    clock.advance(180)
+    send(db, clock, **entry(BULL))
+    sigsync.sync_once(db, now=clock.advance(60))
+    row = signal_row(db, BULL)
+    assert row["confirmation_time"] == "2025-12-15T14:03:00.000Z"
+    assert prov(row, "confirmation_time") == ["calculated", 0.8]
+
+
+# --- precedence: estimates and received values ---------------------------------------------
+
+def test_estimate_then_real_value_the_real_value_wins_and_is_audited(db, clock):
+    send(db, clock, **entry(BULL))
+    sigsync.sync_once(db, now=clock.now())
+    assert prov(signal_row(db, BULL), "session") == ["trade_id", 0.9]
+    send(db, clock, **created(BULL))                  # the SIGNAL_CREATED arrives late
+    row = signal_row(db, BULL)
+    assert row["signal_time"] == "2025-12-15T15:00:00.000Z"
+    assert prov(row, "signal_time") == ["signal_created", 1.0]
+    assert prov(row, "session") == ["signal_created", 1.0]
+    superseded = [a for a in audit(db, BULL) if a["tier"] == "ingest"]
+    assert superseded == [] or all(a["run_id"] is None for a in superseded)
+
+
+def test_real_value_then_estimate_the_estimate_is_refused(db, clock):
+    send(db, clock, **created(BULL))
+    send(db, clock, **entry(BULL, confirmation_time="2025-12-15T10:02:00"))
+    sigsync.sync_once(db, now=clock.now())
+    row = signal_row(db, BULL)
+    assert row["confirmation_time"] == "2025-12-15T15:02:00.000Z"
+    assert prov(row, "confirmation_time") == ["indicator", 1.0]
+    assert prov(row, "session") == ["signal_created", 1.0]
+    assert {a["field"] for a in audit(db, BULL)} == {"targets_extended"}
+
+
+def test_received_mfe_supersedes_a_price_estimate(db, clock):
+    send(db, clock, **entry(BULL))                   # entry 25680, stop 25640: risk 40
+    send(db, clock, event_type="MFE_UPDATE", trade_id=BEAR, symbol="MNQ1!",
+         current_price=25700.0, no_be_mfe=0.1)       # another trade, same symbol, fresh
+    sigsync.sync_once(db, now=clock.now())
+    row = signal_row(db, BULL)
+    assert row["no_be_mfe"] == 0.5 and prov(row, "no_be_mfe") == ["calculated", 0.8]
+    send(db, clock, event_type="MFE_UPDATE", trade_id=BULL, no_be_mfe=0.3, mae_global_r=-0.1)
+    row = signal_row(db, BULL)
+    assert row["no_be_mfe"] == 0.3 and prov(row, "no_be_mfe") == ["indicator", 1.0]
+    ingest_rows = [a for a in audit(db, BULL) if a["tier"] == "ingest"]
+    assert [(a["field"], a["old_value"], a["new_value"]) for a in ingest_rows] == [
+        ("no_be_mfe", "0.5", "0.3"), ("mae", "0.0", "-0.1")]
+
+
+# --- cancellation by alternation -----------------------------------------------------------
+
+def test_pending_then_opposite_signal_is_cancelled_at_that_signals_time(db, clock):
+    send(db, clock, **created(BULL))
+    clock.advance(3600)                               # the pass runs much later
+    send(db, clock, **created(BEAR))
+    sigsync.sync_once(db, now=clock.now())
+    row = signal_row(db, BULL)
+    assert row["status"] == "CANCELLED"
+    assert row["cancelled_at"] == "2025-12-15T15:03:00.000Z"   # not the time of the pass
+    assert row["cancelled_by"] == BEAR and row["bars_pending"] == 3
+    assert prov(row, "cancelled_at") == ["inferred", 0.95]
+    assert signal_row(db, BEAR)["status"] == "PENDING"
+
+
+def test_explicit_cancelled_is_certain(db, clock):
+    send(db, clock, **created(BULL))
+    send(db, clock, event_type="CANCELLED", trade_id=BULL, cancelled_by=BEAR,
+         cancelled_time="2025-12-15T10:03:00", bars_pending=3, cancel_reason="opposite")
+    sigsync.sync_once(db, now=clock.now())
+    row = signal_row(db, BULL)
+    assert row["status"] == "CANCELLED" and prov(row, "cancelled_at") == ["indicator", 1.0]
+    assert row["cancelled_at"] == "2025-12-15T15:03:00.000Z" and row["bars_pending"] == 3
+
+
+def test_inferred_cancellation_then_late_entry_is_retracted_and_audited(db, clock):
+    send(db, clock, **created(BULL))
+    send(db, clock, **created(BEAR))
+    sigsync.sync_once(db, now=clock.now())
+    assert signal_row(db, BULL)["status"] == "CANCELLED"
+    send(db, clock, **entry(BULL))                   # it did confirm: the ENTRY was late
+    row = signal_row(db, BULL)
+    assert row["status"] == "ACTIVE"
+    assert (row["cancelled_at"], row["cancelled_by"], row["bars_pending"]) == (None, None, None)
+    retracted = [a for a in audit(db, BULL) if a["new_value"] is None]
+    assert {a["field"] for a in retracted} == {"cancelled_at", "cancelled_by", "bars_pending",
+                                               "cancel_reason"}
+    assert all("inferred cancellation was wrong" in a["reason"] for a in retracted)
+    sigsync.sync_once(db, now=clock.now())           # and the next pass does not re-infer it
+    assert signal_row(db, BULL)["status"] == "ACTIVE"
+
+
+def test_same_direction_neighbours_infer_nothing(db, clock):
+    send(db, clock, **created(BULL))
+    send(db, clock, **created(BULL2))
+    sigsync.sync_once(db, now=clock.now())
+    assert signal_row(db, BULL)["status"] == "PENDING"
+    assert signal_row(db, BULL)["cancelled_at"] is None
+
+
+def test_two_symbols_interleaved_infer_nothing_across_symbols(db, clock):
+    send(db, clock, **created(BULL, symbol="MNQ1!"))
+    send(db, clock, **created(BEAR, symbol="MES1!"))
+    sigsync.sync_once(db, now=clock.now())
+    assert signal_row(db, BULL)["status"] == "PENDING"
+    send(db, clock, **created("20251215_100900000_BEARISH", symbol="MNQ1!"))
+    sigsync.sync_once(db, now=clock.now())
+    row = signal_row(db, BULL)
+    assert row["status"] == "CANCELLED" and row["cancelled_by"] == "20251215_100900000_BEARISH"
+
+
+# --- lost ENTRY, prices and missed exits ---------------------------------------------------
+
+def test_lost_entry_is_recovered_from_batch_elements(db, clock):
+    send(db, clock, event_type="MFE_UPDATE_BATCH", timestamp="2025-12-15T10:05:00",
+         signals=[{"trade_id": BULL, "direction": "Bullish", "entry_price": 25683.5,
+                   "stop_loss": 25645, "no_be_mfe": 0.4, "be_mfe": 0.4, "mae_global_r": -0.1,
+                   "current_price": 25699.0}])
+    sigsync.sync_once(db, now=clock.now())
+    row = signal_row(db, BULL)
+    assert row["has_entry"] == 0 and row["status"] == "ACTIVE"
+    assert (row["entry_price"], row["stop_loss"]) == (25683.5, 25645.0)
+    assert prov(row, "entry_price") == ["indicator", 1.0]
+    assert row["targets_extended"]["1"] == 25722.0
+
+
+def test_stale_price_of_another_symbol_is_ignored(db, clock):
+    send(db, clock, event_type="MFE_UPDATE", trade_id=BEAR, symbol="MES1!",
+         current_price=25000.0)                      # other symbol, far past the stop
+    clock.advance(60)
+    send(db, clock, **entry(BULL))
+    send(db, clock, event_type="MFE_UPDATE", trade_id="20251215_090000000_BEARISH",
+         symbol="MNQ1!", current_price=25600.0)      # same symbol, past the stop...
+    clock.advance(601)                                # ...but stale when the pass runs
+    sigsync.sync_once(db, now=clock.now())
+    row = signal_row(db, BULL)
+    assert row["status"] == "ACTIVE" and row["exit_price"] is None
+    assert row["no_be_mfe"] is None and row["mae"] is None
+
+
+@pytest.mark.parametrize("age, inferred", [(599, True), (600, True), (601, False)])
+def test_price_freshness_boundary(db, clock, age, inferred):
+    send(db, clock, **entry(BULL))
+    send(db, clock, event_type="MFE_UPDATE", trade_id="20251215_090000000_BEARISH",
+         symbol="MNQ1!", current_price=25630.0)
+    sigsync.sync_once(db, now=clock.advance(age))
+    assert (signal_row(db, BULL)["status"] == "EXITED") is inferred
+
+
+def test_price_past_the_stop_infers_a_missed_exit_with_evidence(db, clock):
+    send(db, clock, **entry(BULL))                   # stop 25640
+    clock.advance(120)
+    result = send(db, clock, event_type="MFE_UPDATE", trade_id="20251215_090000000_BEARISH",
+                  symbol="CME_MINI:MNQ1!", current_price=25630.0)
+    sigsync.sync_once(db, now=clock.advance(30))
+    row = signal_row(db, BULL)
+    assert row["status"] == "EXITED"
+    assert (row["exit_price"], row["exit_sl_at"]) == (25640.0, "2025-12-15T14:02:00.000Z")
+    assert prov(row, "exit_price") == ["inferred", 0.7]
+    assert row["mae"] == -1.25 and prov(row, "mae") == ["calculated", 0.8]
+    exit_audit = [a for a in audit(db, BULL) if a["field"] == "exit_price"][0]
+    evidence = json.loads(exit_audit["evidence"])
+    assert evidence["event_id"] == result.events[0]["event_id"]
+    assert evidence["price"] == 25630.0 and evidence["symbol"] == "MNQ1!"
+    send(db, clock, event_type="EXIT_SL", trade_id=BULL, exit_price=25639.5)
+    row = signal_row(db, BULL)                        # the real exit supersedes the inference
+    assert row["exit_price"] == 25639.5 and prov(row, "exit_price") == ["indicator", 1.0]
+
+
+def test_an_estimate_never_lowers_a_running_maximum(db, clock):
+    send(db, clock, **entry(BULL))
+    for price in (25720.0, 25690.0):                  # +1.0R then +0.25R
+        send(db, clock, event_type="MFE_UPDATE", trade_id="20251215_090000000_BEARISH",
+             symbol="MNQ1!", current_price=price)
+        sigsync.sync_once(db, now=clock.advance(10))
+    row = signal_row(db, BULL)
+    assert row["no_be_mfe"] == 1.0 and row["mae"] == 0.0
+
+
+# --- the pass itself -----------------------------------------------------------------------
+
+def every_gap(db, clock):
+    """A database with every kind of gap the tiers can see."""
+    send(db, clock, **entry(BULL))                                        # no SIGNAL_CREATED
+    send(db, clock, **created(BEAR))                                      # pending, cancellable
+    send(db, clock, **created(BULL2))
+    send(db, clock, event_type="MFE_UPDATE", trade_id="20251215_111100000_BEARISH",
+         entry_price=25700, stop_loss=25720, no_be_mfe=0.2, symbol="MNQ1!",
+         current_price=25650.0)                                           # lost ENTRY
+    send(db, clock, **entry("20251215_112000000_BULLISH", price=25660, stop=25655))
+    send(db, clock, event_type="MFE_UPDATE", trade_id="20251215_090000000_BEARISH",
+         symbol="MNQ1!", current_price=25650.0)                           # past one stop
+    send(db, clock, event_type="CANCELLED", trade_id="20251215_113000000_BULLISH")
+
+
+def test_two_passes_without_new_events_change_nothing(db, clock):
+    every_gap(db, clock)
+    first = sigsync.sync_once(db, now=clock.now(), full=True)
+    assert first["changes"] > 10
+    before = db.query("SELECT * FROM signals ORDER BY trade_id")
+    audit_rows = len(audit(db))
+    for full in (False, True):
+        again = sigsync.sync_once(db, now=clock.now(), full=full)
+        assert again["outcome"] == "ok" and again["changes"] == 0
+    assert db.query("SELECT * FROM signals ORDER BY trade_id") == before
+    assert len(audit(db)) == audit_rows
+
+
+def test_incremental_pass_looks_only_at_new_evidence(db, clock):
+    every_gap(db, clock)
+    sigsync.sync_once(db, now=clock.now())
+    send(db, clock, **created("20251215_120000000_BULLISH", symbol="MES1!"))
+    run = sigsync.sync_once(db, now=clock.now())
+    assert run["examined"] == 1
+
+
+def test_each_pass_is_recorded(db, clock):
+    every_gap(db, clock)
+    run = sigsync.sync_once(db, now=clock.now(), trigger="test")
+    row = db.query("SELECT * FROM sync_runs WHERE run_id = ?", (run["run_id"],))[0]
+    assert row["outcome"] == "ok" and row["trigger"] == "test"
+    assert row["started_at"] == "2025-12-15T14:00:00.000Z" and row["finished_at"]
+    assert json.loads(row["counts"]) == run["counts"] and run["counts"]["tier3"] > 0
+    assert row["changes"] == len(audit(db)) - len([a for a in audit(db)
+                                                   if a["run_id"] is None])
+
+
+def test_a_failing_pass_is_recorded_and_the_next_one_runs(db, clock):
+    send(db, clock, **entry(BULL))
+    with db.write() as conn:                          # a corrupt derived row: the pass raises
+        conn.execute("UPDATE signals SET provenance = '{broken' WHERE trade_id = ?", (BULL,))
+    with pytest.raises(sigsync.SyncFailed) as failed:
+        sigsync.sync_once(db, now=clock.now())
+    row = db.query("SELECT outcome, error FROM sync_runs WHERE run_id = ?",
+                   (failed.value.result["run_id"],))[0]
+    assert row["outcome"] == "failed" and "JSONDecodeError" in row["error"]
+    sigsync.rebuild(db, now=clock.now())              # the operator's repair
+    again = sigsync.sync_once(db, now=clock.now())
+    assert again["outcome"] == "ok"
+
+
+def test_an_overlapping_pass_is_skipped_not_stacked(db, clock):
+    with db.write() as conn:                          # a pass running in another process
+        conn.execute("INSERT INTO sync_runs(started_at, outcome, trigger, from_event_id, "
+                     "to_event_id) VALUES (?, 'running', 'schedule', 0, 0)",
+                     (sigsync.iso(clock.now()),))
+    run = sigsync.sync_once(db, now=clock.advance(60))
+    assert run["outcome"] == "skipped"
+    # a 'running' row older than 10 minutes is a crashed pass, not a running one
+    assert sigsync.sync_once(db, now=clock.advance(600))["outcome"] == "ok"
+
+
+# --- the loop in the real process ----------------------------------------------------------
+
+def wait_for(predicate, seconds=20):
+    import time
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError("condition not reached in time")
+
+
+def runs(db_path):
+    from conftest import open_database
+    with open_database(db_path) as db:
+        return db.query("SELECT run_id, outcome, error FROM sync_runs ORDER BY run_id")
+
+
+def test_a_failing_pass_in_the_server_is_recorded_and_the_loop_and_webhooks_go_on(server,
+                                                                                   tmp_path):
+    import apsw
+    db_path = tmp_path / "loop.db"
+    s = server("--sync-seconds", "1", db_path=db_path)
+    assert s.post(entry(BULL))[0] == 200
+    wait_for(lambda: any(r["outcome"] == "ok" for r in runs(db_path)))
+    # a fault only the pass meets: a price sample that is not a number
+    fault = apsw.Connection(str(db_path))
+    fault.setbusytimeout(5000)
+    fault.execute("INSERT OR REPLACE INTO symbol_prices VALUES ('MNQ1!', 'not a number', "
+                  "strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), 999, NULL)")
+    assert s.post(entry(BULL, price=25681.0))[0] == 200      # touches the trade
+    failed = wait_for(lambda: [r for r in runs(db_path) if r["outcome"] == "failed"])
+    assert "TypeError" in failed[0]["error"]
+    for i in range(5):                                        # webhooks still answered
+        status, answer = s.post(created(f"20251215_1{i}0000000_BEARISH"))
+        assert status == 200 and answer["ok"] is True
+    status, health = s.get("/healthz")
+    assert status == 200 and health["loop"]["last_failure"]["run_id"] == failed[0]["run_id"]
+    fault.execute("DELETE FROM symbol_prices WHERE event_id = 999")
+    fault.close()
+    wait_for(lambda: [r for r in runs(db_path)
+                      if r["run_id"] > failed[-1]["run_id"] and r["outcome"] == "ok"])
+    assert any("what=sync outcome=failed" in line for line in s.log_lines)
+
+
+def test_healthz_reports_a_late_loop(db, clock, config):
+    from conftest import WsgiClient
+    app = WsgiClient(sigsync.make_app(db, clock, config))
+    response = app.get("/healthz")
+    assert response.status == 200 and response.json()["loop"]["late"] is False
+    clock.advance(2 * config.sync_seconds + 60)               # exactly at the deadline: not late
+    assert app.get("/healthz").status == 200
+    clock.advance(0.001)
+    response = app.get("/healthz")
+    assert response.status == 503 and response.json()["loop"]["late"] is True
+    sigsync.sync_once(db, now=clock.now())
+    assert app.get("/healthz").status == 200
