@@ -1758,6 +1758,14 @@ def demo_payloads(start, *, seed=7, signals=24):
                 out.append((at + 3, {**common, "event_type": "EXIT_SL", "exit_price": stop,
                                      "final_mfe": round(mfe, 4)}))
                 break
+    last = max(at for at, _ in out) if out else 0.0
+    fresh = start.astimezone(NEW_YORK) + dt.timedelta(seconds=last + 60)
+    fresh = fresh.replace(second=0, microsecond=0)
+    out.append((last + 61, {"event_type": "SIGNAL_CREATED", "symbol": "MNQ1!", "timeframe": "1",
+                            "trade_id": fresh.strftime("%Y%m%d_%H%M%S") + "000_BULLISH",
+                            "direction": "Bullish",
+                            "event_timestamp": fresh.strftime("%Y-%m-%dT%H:%M:%S"),
+                            "htf_alignment": {"daily": "Bullish", "h4": "Bullish"}}))
     for k in range(0, 200, 15):
         out.append((60.0 * k, {"event_type": "HEARTBEAT",
                                "timestamp": (t0 + dt.timedelta(minutes=k)).isoformat()[:19]}))
