@@ -128,7 +128,10 @@ CREATE TABLE signals (
 );
 CREATE INDEX signals_id_time ON signals(id_time DESC, trade_id DESC);
 CREATE INDEX signals_status ON signals(status, id_time DESC);
-CREATE INDEX signals_symbol ON signals(symbol, signal_time);
+CREATE INDEX signals_symbol ON signals(symbol, signal_time, trade_id);
+-- The few signals a pass revisits by symbol: pending ones (alternation) and open trades (prices).
+CREATE INDEX signals_pending ON signals(symbol, signal_time) WHERE status = 'PENDING';
+CREATE INDEX signals_open ON signals(symbol) WHERE status = 'ACTIVE';
 
 -- Price bars by symbol, from BAR events (first received wins for a given bar).
 CREATE TABLE bars (
