@@ -870,7 +870,7 @@ def _insert_request(conn, received_at, peer, path, content_type, raw, source):
     return conn.last_insert_rowid()
 
 
-def _store_event(conn, request_id, received_at, payload, batch_index):
+def _store_event(conn, request_id, received_at, payload, batch_index, derive=True):
     canonical = _canonical(payload)
     trade_id = payload.get("trade_id") if payload["event_type"] in TRADE_TYPES else None
     key_source = f"{payload['event_type']}\x00{trade_id or ''}\x00{canonical}"
@@ -892,7 +892,8 @@ def _store_event(conn, request_id, received_at, payload, batch_index):
     event = {"event_id": rows[0][0], "received_at": received_at, "dedup_key": dedup_key,
              "event_type": payload["event_type"], "trade_id": trade_id, "payload": payload}
     result["event_id"] = event["event_id"]
-    derive_event(conn, event)
+    if derive:                 # bulk loaders skip this and call refold() once at the end
+        derive_event(conn, event)
     return result
 
 
@@ -1620,6 +1621,13 @@ def rebuild(db, *, now):
     supports at `now` (a price that was fresh then may be stale now: the audit log keeps what
     earlier passes did).
     """
+    result = refold(db, now=now)
+    run = sync_once(db, now=now, trigger="rebuild", full=True)
+    return {**result, "changes": run["changes"]}
+
+
+def refold(db, *, now):
+    """Recompute the derived tables from the event log (the fold only), in one transaction."""
     with db.write() as conn:
         for table in DERIVED_TABLES:
             conn.execute(f"DELETE FROM {table}")
@@ -1636,8 +1644,7 @@ def rebuild(db, *, now):
             count += 1
         for row in cache.values():
             save_signal(conn, row, now=iso(now))
-    run = sync_once(db, now=now, trigger="rebuild", full=True)
-    return {"events": count, "signals": len(cache), "changes": run["changes"]}
+    return {"events": count, "signals": len(cache)}
 
 
 def replay_rejected(db, *, now, include_auth=False, ids=None):

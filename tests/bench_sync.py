@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""Reconciliation pass time against history size (issue: the incremental pass).
+
+    python tests/bench_sync.py [--sizes 10000,100000,1000000] [--repeats 3]
+
+For each size: a database holding that many stored events (a generated 1-minute MNQ1! history:
+~10 events per trade, a handful of trades still open), a full pass from scratch, then
+`repeats` rounds of "100 new events arrive through ingest, one incremental pass runs", timed.
+Reported: median incremental pass, full pass, and the ratio incremental(largest)/incremental(
+smallest). Targets: the incremental pass at 1M events within 3x its time at 10k, under 200 ms.
+Everything runs in-process against a database in a temporary directory; no network.
+"""
+
+import argparse
+import datetime as dt
+import json
+import os
+import random
+import statistics
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import sigsync  # noqa: E402
+
+START = dt.datetime(2024, 1, 2, 14, 0, tzinfo=dt.timezone.utc)
+
+
+def trade_events(n, rng):
+    """The events of trade n: its triangle is n minutes after START (New York wall clock)."""
+    tri = START.astimezone(sigsync.NEW_YORK) + dt.timedelta(minutes=3 * n)
+    bullish = n % 2 == 0
+    side = "BULLISH" if bullish else "BEARISH"
+    direction = "Bullish" if bullish else "Bearish"
+    trade_id = tri.strftime("%Y%m%d_%H%M%S") + "000_" + side
+    base = {"trade_id": trade_id, "symbol": "MNQ1!", "timeframe": "1", "direction": direction}
+    entry, risk = 25000 + rng.uniform(-500, 500), rng.choice([20.0, 30.0, 40.0])
+    stop = entry - risk if bullish else entry + risk
+    out = [{**base, "event_type": "SIGNAL_CREATED",
+            "event_timestamp": tri.strftime("%Y-%m-%dT%H:%M:%S"),
+            "htf_alignment": {"daily": direction, "h1": direction}}]
+    if n % 5 == 4:
+        return out                                # never confirms: cancelled by alternation
+    out.append({**base, "event_type": "ENTRY", "entry_price": round(entry, 2),
+                "stop_loss": round(stop, 2), "mae_global_r": 0, "no_be_mfe": 0, "be_mfe": 0})
+    mfe = 0.0
+    for k in range(6):
+        mfe = max(mfe, rng.uniform(-0.2, 1.4))
+        out.append({**base, "event_type": "MFE_UPDATE", "no_be_mfe": round(mfe, 4),
+                    "be_mfe": round(mfe, 4), "mae_global_r": -0.3,
+                    "current_price": round(entry + (1 if bullish else -1) * mfe * risk, 2),
+                    "event_timestamp": (tri + dt.timedelta(minutes=k + 2)).isoformat()[:19]})
+    out.append({**base, "event_type": "EXIT_SL", "exit_price": round(stop, 2),
+                "no_be_mfe": round(mfe, 4), "mae_global_r": -1.0})
+    return out
+
+
+def build(path, n_events, rng):
+    """Bulk-load ~n_events through the real normalisation, then fold and run a full pass."""
+    db = sigsync.open_db(path)
+    made, n, open_trades = 0, 0, []
+    while made < n_events:
+        with db.write() as conn:
+            for _ in range(1000):
+                events = trade_events(n, rng)
+                if n % 997 == 0 and len(events) > 2:
+                    events = events[:-1]             # a few trades stay open
+                    open_trades.append(events[0]["trade_id"])
+                now = sigsync.iso(START + dt.timedelta(minutes=3 * n + 1))
+                for payload in events:
+                    raw = json.dumps(payload).encode()
+                    _, [normalised] = sigsync.normalise(json.loads(raw))
+                    request_id = sigsync._insert_request(conn, now, "127.0.0.1", "/bench",
+                                                         None, raw, "import")
+                    sigsync._store_event(conn, request_id, now, normalised, None, derive=False)
+                    made += 1
+                n += 1
+                if made >= n_events:
+                    break
+    end = START + dt.timedelta(minutes=3 * n + 5)
+    t0 = time.perf_counter()
+    sigsync.refold(db, now=end)
+    fold_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    full = sigsync.sync_once(db, now=end, full=True)
+    full_seconds = time.perf_counter() - t0
+    return db, n, end, open_trades, fold_seconds, full_seconds, full
+
+
+def new_evidence(db, n, now, open_trades, rng, count=100):
+    """`count` new events: updates of the open trades, and new triangles and entries."""
+    sent = 0
+    while sent < count:
+        if open_trades and rng.random() < 0.5:
+            trade_id = rng.choice(open_trades)
+            body = {"event_type": "MFE_UPDATE", "trade_id": trade_id, "symbol": "MNQ1!",
+                    "no_be_mfe": round(rng.uniform(0, 2), 4), "mae_global_r": -0.3,
+                    "current_price": 25000 + rng.uniform(-50, 50)}
+        else:
+            events = trade_events(n, rng)
+            body = events[min(sent % 3, len(events) - 1)]
+            n += sent % 3 == 2
+        sigsync.ingest(db, json.dumps(body).encode(), now=now)
+        sent += 1
+        now += dt.timedelta(seconds=1)
+    return n, now
+
+
+def measure(size, repeats, rng):
+    with tempfile.TemporaryDirectory() as tmp:
+        db, n, now, open_trades, fold_s, full_s, full = build(os.path.join(tmp, "b.db"), size,
+                                                              rng)
+        signals = db.query("SELECT count(*) AS n FROM signals")[0]["n"]
+        events = db.query("SELECT count(*) AS n FROM events")[0]["n"]
+        times, examined = [], []
+        for _ in range(repeats):
+            n, now = new_evidence(db, n, now, open_trades, rng)
+            t0 = time.perf_counter()
+            run = sigsync.sync_once(db, now=now)
+            times.append(time.perf_counter() - t0)
+            examined.append(run["examined"])
+        db.close()
+    return {"events": events, "signals": signals, "fold_s": fold_s, "full_pass_s": full_s,
+            "full_pass_changes": full["changes"], "incremental_ms": statistics.median(times) * 1e3,
+            "incremental_all_ms": [round(t * 1e3, 1) for t in times],
+            "examined": statistics.median(examined)}
+
+
+def run(sizes=(10_000, 100_000, 1_000_000), repeats=3, out=print):
+    rng = random.Random(1)
+    results = {}
+    out("Reconciliation pass vs history size (100 new events per incremental pass)")
+    out(f"{'events':>9} {'signals':>8} {'fold s':>7} {'full pass s':>11} "
+        f"{'incremental ms (median)':>24} {'examined':>8}")
+    for size in sizes:
+        r = measure(size, repeats, rng)
+        results[size] = r
+        out(f"{r['events']:>9} {r['signals']:>8} {r['fold_s']:>7.1f} {r['full_pass_s']:>11.2f} "
+            f"{r['incremental_ms']:>24.1f} {r['examined']:>8}")
+    small, large = results[min(sizes)], results[max(sizes)]
+    ratio = large["incremental_ms"] / small["incremental_ms"]
+    out(f"incremental({max(sizes)}) / incremental({min(sizes)}) = {ratio:.2f} (target <= 3); "
+        f"incremental at {max(sizes)} = {large['incremental_ms']:.1f} ms (target < 200 ms)")
+    return results
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    run(tuple(int(s) for s in args.sizes.split(",")), args.repeats)
