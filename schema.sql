@@ -118,6 +118,7 @@ CREATE TABLE signals (
     bars_pending    INTEGER,
     has_signal_created INTEGER NOT NULL DEFAULT 0 CHECK (has_signal_created IN (0, 1)),
     has_entry       INTEGER NOT NULL DEFAULT 0 CHECK (has_entry IN (0, 1)),
+    entry_received_at TEXT,                -- arrival of the first evidence of an entry
     event_count     INTEGER NOT NULL DEFAULT 0,
     first_received_at TEXT NOT NULL,
     last_received_at  TEXT NOT NULL,
@@ -132,6 +133,7 @@ CREATE INDEX signals_symbol ON signals(symbol, signal_time, trade_id);
 -- The few signals a pass revisits by symbol: pending ones (alternation) and open trades (prices).
 CREATE INDEX signals_pending ON signals(symbol, signal_time) WHERE status = 'PENDING';
 CREATE INDEX signals_open ON signals(symbol) WHERE status = 'ACTIVE';
+CREATE INDEX signals_coverage ON signals(status, has_signal_created, id_time);
 
 -- Price bars by symbol, from BAR events (first received wins for a given bar).
 CREATE TABLE bars (
@@ -162,7 +164,12 @@ CREATE TABLE sync_runs (
     examined      INTEGER NOT NULL DEFAULT 0,  -- signals looked at
     changes       INTEGER NOT NULL DEFAULT 0,  -- fields changed (= audit rows written)
     counts        TEXT NOT NULL DEFAULT '{}',  -- JSON: changes by tier, e.g. {"tier3": 12}
-    error         TEXT                         -- the exception, when outcome = 'failed'
+    error         TEXT,                        -- the exception, when outcome = 'failed'
+    score_7d      REAL,                        -- v_health_summary after the pass (NULL: no
+    score_all     REAL,                        -- signals in the window)
+    abnormal_gaps INTEGER,
+    expected_gaps INTEGER,
+    gaps_by_type  TEXT                         -- JSON: {gap: {"abnormal": n, "expected": n}}
 );
 CREATE INDEX sync_runs_outcome ON sync_runs(outcome, run_id);
 
@@ -194,6 +201,37 @@ CREATE TABLE symbol_prices (
     received_at TEXT NOT NULL,
     event_id    INTEGER NOT NULL,
     trade_id    TEXT                       -- the trade whose update carried it (NULL for a BAR)
+) WITHOUT ROWID;
+
+-- The latest arrival of any event naming a symbol: "is data for this market still coming?"
+CREATE TABLE symbol_activity (
+    symbol_key       TEXT PRIMARY KEY,
+    last_received_at TEXT NOT NULL
+) WITHOUT ROWID;
+
+------------------------------------------------------------------------------------------------
+-- Health. The rules are the views below the @views marker (v_gap_rules is the gap catalogue);
+-- signal_gaps is their per-signal materialisation, kept current by a trigger on signals, so
+-- that health over 100k signals reads only the few signals that have gaps.
+------------------------------------------------------------------------------------------------
+CREATE TABLE signal_gaps (
+    trade_id    TEXT NOT NULL,
+    gap         TEXT NOT NULL,             -- a gap_types.gap
+    severity    TEXT NOT NULL CHECK (severity IN ('expected', 'abnormal')),  -- before deadlines
+    since       TEXT,                      -- when the condition started, as far as data says
+    opens_at    TEXT,                      -- NULL: open now; else open only after this time
+    abnormal_at TEXT,                      -- NULL: severity fixed; else abnormal from this time
+    symbol_key  TEXT,                      -- for stale_mfe: is the market still sending data?
+    evidence    TEXT,                      -- JSON: the values that make it a gap
+    PRIMARY KEY (trade_id, gap)
+) WITHOUT ROWID;
+CREATE INDEX signal_gaps_gap ON signal_gaps(gap);
+
+-- Thresholds the health rules read (seconds), and the running server's start time. Defaults are
+-- set below the @views marker; the server writes its configured values at start.
+CREATE TABLE health_settings (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
 ) WITHOUT ROWID;
 
 -- Counters that are not rows of the log (duplicates, rejections by reason): kept here so that
@@ -230,3 +268,241 @@ DROP VIEW IF EXISTS v_event_counts;
 CREATE VIEW v_event_counts AS
 SELECT event_type, count(*) AS events, max(received_at) AS last_received_at
 FROM events GROUP BY event_type;
+
+-- The gap catalogue: what each gap means, which tier can fill it, and what it costs a signal's
+-- score when abnormal (expected gaps cost nothing). A signal scores 100 minus the weights of its
+-- abnormal gaps, never below 0.
+DROP TABLE IF EXISTS gap_types;
+CREATE TABLE gap_types (
+    gap       TEXT PRIMARY KEY,
+    weight    INTEGER NOT NULL CHECK (weight BETWEEN 0 AND 100),
+    filled_by TEXT NOT NULL,
+    meaning   TEXT NOT NULL
+) WITHOUT ROWID;
+INSERT INTO gap_types(gap, weight, filled_by, meaning) VALUES
+ ('no_signal_created',    10, 'tier 3 (times, session)', 'confirmed, but its SIGNAL_CREATED never arrived'),
+ ('no_entry',             10, 'MFE elements',  'MFE/BE/EXIT events but no ENTRY'),
+ ('no_entry_price',       15, 'MFE elements',  'confirmed, entry price unknown'),
+ ('no_stop_loss',         15, 'MFE elements',  'confirmed, stop loss unknown'),
+ ('no_htf_alignment',     10, 'tier 0',        'confirmed, no HTF alignment received'),
+ ('no_confirmation_time', 10, 'tiers 1, 2',    'confirmed, confirmation time unknown'),
+ ('no_session',            5, 'tiers 0, 3',    'session unknown'),
+ ('no_signal_date',        5, 'tiers 0, 3',    'signal date unknown'),
+ ('no_targets',            5, 'tier 2',        'confirmed, no extended targets'),
+ ('stale_mfe',            10, 'tiers 1, 2',    'open trade without an update for longer than the threshold'),
+ ('no_mae',               10, 'tiers 1, 2',    'confirmed, MAE never received'),
+ ('missed_exit',          20, 'tiers 1, 2',    'the stop was crossed, no exit arrived'),
+ ('conflict',             20, 'none: a person judges', 'contradictory evidence'),
+ ('stale_pending',         0, 'none',          'pending much longer than usual');
+
+INSERT INTO health_settings(name, value)
+SELECT column1, column2 FROM (VALUES
+    ('stale_mfe_seconds', '600'), ('stale_pending_seconds', '3600'),
+    ('silent_seconds', '900'), ('sync_seconds', '120'), ('server_started_at', ''),
+    ('first_bar_grace_seconds', '60'), ('rate_window_seconds', '180'), ('rate_warn_at', '12'))
+WHERE column1 NOT IN (SELECT name FROM health_settings);
+
+DROP VIEW IF EXISTS v_settings;
+-- The thresholds as one row, for the rules below.
+CREATE VIEW v_settings AS
+SELECT (SELECT CAST(value AS INTEGER) FROM health_settings WHERE name = 'stale_mfe_seconds') AS stale_mfe_seconds,
+       (SELECT CAST(value AS INTEGER) FROM health_settings WHERE name = 'stale_pending_seconds') AS stale_pending_seconds,
+       (SELECT CAST(value AS INTEGER) FROM health_settings WHERE name = 'silent_seconds') AS silent_seconds,
+       (SELECT CAST(value AS INTEGER) FROM health_settings WHERE name = 'sync_seconds') AS sync_seconds,
+       (SELECT value FROM health_settings WHERE name = 'server_started_at') AS server_started_at,
+       (SELECT CAST(value AS INTEGER) FROM health_settings WHERE name = 'first_bar_grace_seconds') AS first_bar_grace_seconds,
+       (SELECT CAST(value AS INTEGER) FROM health_settings WHERE name = 'rate_window_seconds') AS rate_window_seconds,
+       (SELECT CAST(value AS INTEGER) FROM health_settings WHERE name = 'rate_warn_at') AS rate_warn_at;
+
+DROP VIEW IF EXISTS v_gap_rules;
+-- THE GAP CATALOGUE, clock-free: one row per gap condition a signal meets. Time rules do not
+-- read the clock: they give `opens_at` (the gap exists only after it) and `abnormal_at` (an
+-- expected gap turns abnormal after it); whoever asks compares them with "now".
+CREATE VIEW v_gap_rules AS
+SELECT trade_id, 'no_signal_created' AS gap, 'abnormal' AS severity, first_received_at AS since,
+       NULL AS opens_at, NULL AS abnormal_at, NULL AS symbol_key,
+       json_object('status', status) AS evidence
+  FROM signals WHERE status IN ('ACTIVE', 'EXITED') AND has_signal_created = 0
+UNION ALL
+SELECT trade_id, 'no_entry', 'abnormal', first_received_at, NULL, NULL, NULL,
+       json_object('status', status, 'events', event_count)
+  FROM signals WHERE status IN ('ACTIVE', 'EXITED') AND has_entry = 0
+UNION ALL
+SELECT trade_id, 'no_entry_price', 'abnormal', first_received_at, NULL, NULL, NULL, NULL
+  FROM signals WHERE status IN ('ACTIVE', 'EXITED') AND entry_price IS NULL
+UNION ALL
+SELECT trade_id, 'no_stop_loss', 'abnormal', first_received_at, NULL, NULL, NULL, NULL
+  FROM signals WHERE status IN ('ACTIVE', 'EXITED') AND stop_loss IS NULL
+UNION ALL
+SELECT trade_id, 'no_htf_alignment', 'abnormal', first_received_at, NULL, NULL, NULL, NULL
+  FROM signals WHERE status IN ('ACTIVE', 'EXITED') AND htf_alignment IS NULL
+UNION ALL
+SELECT trade_id, 'no_confirmation_time', 'abnormal', first_received_at, NULL, NULL, NULL, NULL
+  FROM signals WHERE status IN ('ACTIVE', 'EXITED') AND confirmation_time IS NULL
+UNION ALL
+SELECT trade_id, 'no_session', 'abnormal', first_received_at, NULL, NULL, NULL, NULL
+  FROM signals WHERE session IS NULL
+UNION ALL
+SELECT trade_id, 'no_signal_date', 'abnormal', first_received_at, NULL, NULL, NULL, NULL
+  FROM signals WHERE signal_date IS NULL
+UNION ALL
+SELECT trade_id, 'no_targets', 'abnormal', first_received_at, NULL, NULL, NULL, NULL
+  FROM signals WHERE status IN ('ACTIVE', 'EXITED') AND targets_extended IS NULL
+UNION ALL
+-- expected while no event of any kind arrives for its symbol (market closed, indicator off);
+-- abnormal when the symbol has had data since the trade went quiet (see v_signal_gaps)
+SELECT trade_id, 'stale_mfe', 'expected', last_update_at,
+       strftime('%Y-%m-%dT%H:%M:%fZ', coalesce(last_update_at, first_received_at),
+                '+' || (SELECT stale_mfe_seconds FROM v_settings) || ' seconds'),
+       NULL, replace(substr(symbol, instr(symbol, ':') + 1), ' ', ''),
+       json_object('last_update_at', coalesce(last_update_at, first_received_at))
+  FROM signals WHERE status = 'ACTIVE'
+UNION ALL
+-- expected during the entry's first bar (plus a grace for the alert's trip), abnormal after
+SELECT trade_id, 'no_mae', 'expected', entry_received_at, NULL,
+       strftime('%Y-%m-%dT%H:%M:%fZ', coalesce(entry_received_at, first_received_at),
+                '+' || (60 * CASE WHEN CAST(timeframe AS INTEGER) > 0
+                                  THEN CAST(timeframe AS INTEGER) ELSE 1 END
+                        + (SELECT first_bar_grace_seconds FROM v_settings)) || ' seconds'),
+       NULL, json_object('timeframe', timeframe)
+  FROM signals WHERE status IN ('ACTIVE', 'EXITED') AND mae IS NULL
+UNION ALL
+SELECT trade_id, 'missed_exit', 'abnormal', last_update_at, NULL, NULL, NULL,
+       json_object('mae', mae)
+  FROM signals WHERE status = 'ACTIVE' AND mae <= -1.0
+UNION ALL
+SELECT trade_id, 'conflict', 'abnormal', first_received_at, NULL, NULL, NULL, conflicts
+  FROM signals WHERE conflicts <> '{}'
+UNION ALL
+SELECT trade_id, 'stale_pending', 'expected', coalesce(signal_time, id_time),
+       strftime('%Y-%m-%dT%H:%M:%fZ', coalesce(signal_time, id_time),
+                '+' || (SELECT stale_pending_seconds FROM v_settings) || ' seconds'),
+       NULL, NULL, NULL
+  FROM signals WHERE status = 'PENDING';
+
+DROP TRIGGER IF EXISTS signals_ai_gaps;
+-- Keep signal_gaps equal to v_gap_rules for the signal just written (INSERT OR REPLACE of a
+-- signal row fires this insert trigger).
+CREATE TRIGGER signals_ai_gaps AFTER INSERT ON signals BEGIN
+    DELETE FROM signal_gaps WHERE trade_id = NEW.trade_id;
+    INSERT INTO signal_gaps(trade_id, gap, severity, since, opens_at, abnormal_at, symbol_key,
+                            evidence)
+    SELECT trade_id, gap, severity, since, opens_at, abnormal_at, symbol_key, evidence
+      FROM v_gap_rules WHERE trade_id = NEW.trade_id;
+END;
+
+DROP TRIGGER IF EXISTS signals_ad_gaps;
+CREATE TRIGGER signals_ad_gaps AFTER DELETE ON signals BEGIN
+    DELETE FROM signal_gaps WHERE trade_id = OLD.trade_id;
+END;
+
+DROP VIEW IF EXISTS v_now;
+-- "Now" for the sqlite3 shell. The server and CLI run the views below with their own clock in
+-- its place (sigsync.py: at_now), so the shell, the API and the CLI compute the same numbers.
+CREATE VIEW v_now AS SELECT strftime('%Y-%m-%dT%H:%M:%fZ', 'now') AS now;
+
+DROP VIEW IF EXISTS v_signal_gaps;
+-- Open gaps as of now, with their effective severity: one row per (signal, gap).
+--   select gap, severity, count(*) from v_signal_gaps group by 1, 2;
+CREATE VIEW v_signal_gaps AS
+SELECT g.trade_id, g.gap,
+       CASE WHEN g.gap = 'stale_mfe' THEN
+                CASE WHEN a.last_received_at > g.opens_at THEN 'abnormal' ELSE 'expected' END
+            WHEN g.abnormal_at IS NOT NULL AND n.now > g.abnormal_at THEN 'abnormal'
+            ELSE g.severity END AS severity,
+       coalesce(g.opens_at, g.since) AS since, t.filled_by, t.weight, g.evidence
+  FROM signal_gaps AS g
+  JOIN gap_types AS t ON t.gap = g.gap
+  CROSS JOIN v_now AS n
+  LEFT JOIN symbol_activity AS a ON a.symbol_key = g.symbol_key
+ WHERE g.opens_at IS NULL OR n.now > g.opens_at;
+
+DROP VIEW IF EXISTS signal_health_metrics;
+-- Per-signal health (the seeds' name): 100 minus the weights of its abnormal gaps, floor 0.
+CREATE VIEW signal_health_metrics AS
+SELECT s.trade_id, s.status,
+       max(0, 100 - coalesce(sum(CASE WHEN g.severity = 'abnormal' THEN g.weight END), 0))
+           AS health_score,
+       count(g.gap) AS open_gaps,
+       coalesce(sum(g.severity = 'abnormal'), 0) AS abnormal_gaps,
+       group_concat(g.gap || ':' || g.severity) AS gaps
+  FROM signals AS s LEFT JOIN v_signal_gaps AS g ON g.trade_id = s.trade_id
+ GROUP BY s.trade_id;
+
+DROP VIEW IF EXISTS v_health_summary;
+-- The overall health, one row per window ('7d': signals of the last 7 days by triangle time;
+-- 'all'): the mean per-signal score and the counts behind it. Signals without gaps score 100,
+-- so the mean is computed from the few signals that have abnormal gaps.
+CREATE VIEW v_health_summary AS
+WITH windows(name, since) AS (
+    SELECT '7d', strftime('%Y-%m-%dT%H:%M:%fZ', (SELECT now FROM v_now), '-7 days')
+    UNION ALL SELECT 'all', ''),
+gaps AS (SELECT g.trade_id, g.gap, g.severity, g.weight, s.id_time
+           FROM v_signal_gaps AS g JOIN signals AS s ON s.trade_id = g.trade_id),
+counted AS (
+    SELECT w.name, w.since,
+           (SELECT count(*) FROM signals WHERE id_time >= w.since) AS signals,
+           (SELECT count(*) FROM signals WHERE status IN ('ACTIVE', 'EXITED')
+                AND id_time >= w.since) AS confirmed,
+           (SELECT count(*) FROM signals WHERE status IN ('ACTIVE', 'EXITED')
+                AND has_signal_created = 1 AND id_time >= w.since) AS with_signal_created,
+           (SELECT coalesce(sum(p), 0) FROM (SELECT min(100, sum(weight)) AS p FROM gaps
+                 WHERE severity = 'abnormal' AND id_time >= w.since GROUP BY trade_id))
+               AS penalty
+      FROM windows AS w)
+SELECT c.name AS window, c.signals,
+       CASE WHEN c.signals > 0 THEN round(100.0 - 1.0 * c.penalty / c.signals, 2) END AS score,
+       (SELECT count(*) FROM gaps WHERE severity = 'abnormal' AND id_time >= c.since)
+           AS abnormal_gaps,
+       (SELECT count(*) FROM gaps WHERE severity = 'expected' AND id_time >= c.since)
+           AS expected_gaps,
+       (SELECT json_group_object(gap, json_object('abnormal', a, 'expected', e)) FROM (
+            SELECT gap, sum(severity = 'abnormal') AS a, sum(severity = 'expected') AS e
+              FROM gaps WHERE id_time >= c.since GROUP BY gap)) AS gaps_by_type,
+       c.confirmed,
+       CASE WHEN c.confirmed > 0
+            THEN round(1.0 * c.with_signal_created / c.confirmed, 4) END AS signal_coverage,
+       (SELECT json_group_object(substr(name, 8), value) FROM counters
+         WHERE name LIKE 'filled:%') AS filled_by_tier
+  FROM counted AS c;
+
+DROP VIEW IF EXISTS v_global_conditions;
+-- Conditions of the whole feed, beside the per-signal gaps: one row each, active 0/1.
+CREATE VIEW v_global_conditions AS
+WITH n AS (SELECT now FROM v_now), st AS (SELECT * FROM v_settings),
+last_request AS (SELECT max(received_at) AS at FROM requests WHERE source = 'webhook'),
+last_run AS (SELECT started_at, outcome, error FROM sync_runs WHERE outcome <> 'skipped'
+              ORDER BY run_id DESC LIMIT 1)
+SELECT 'indicator_silent' AS condition,
+       CASE WHEN (SELECT at FROM last_request) IS NULL
+                 OR (SELECT now FROM n) > strftime('%Y-%m-%dT%H:%M:%fZ', (SELECT at FROM last_request),
+                        '+' || (SELECT silent_seconds FROM st) || ' seconds') THEN 1 ELSE 0 END AS active,
+       json_object('last_event_at', (SELECT at FROM last_request),
+                   'silent_after_seconds', (SELECT silent_seconds FROM st)) AS detail
+UNION ALL
+SELECT 'dead_letters_24h',
+       (SELECT count(*) FROM rejected WHERE received_at >
+            strftime('%Y-%m-%dT%H:%M:%fZ', (SELECT now FROM n), '-1 day')) > 0,
+       json_object('count', (SELECT count(*) FROM rejected WHERE received_at >
+            strftime('%Y-%m-%dT%H:%M:%fZ', (SELECT now FROM n), '-1 day')))
+UNION ALL
+SELECT 'sync_late',
+       coalesce((SELECT now FROM n) > strftime('%Y-%m-%dT%H:%M:%fZ',
+            max(coalesce((SELECT started_at FROM last_run), ''),
+                coalesce((SELECT server_started_at FROM st), '')),
+            '+' || (2 * (SELECT sync_seconds FROM st) + 60) || ' seconds'), 0),
+       json_object('last_run_started_at', (SELECT started_at FROM last_run))
+UNION ALL
+SELECT 'sync_failing', coalesce((SELECT outcome = 'failed' FROM last_run), 0),
+       json_object('error', (SELECT error FROM last_run))
+UNION ALL
+SELECT 'alert_rate_near_cutoff',
+       (SELECT count(*) FROM requests WHERE source = 'webhook' AND received_at >
+            strftime('%Y-%m-%dT%H:%M:%fZ', (SELECT now FROM n),
+                     '-' || (SELECT rate_window_seconds FROM st) || ' seconds'))
+           >= (SELECT rate_warn_at FROM st),
+       json_object('requests_in_window', (SELECT count(*) FROM requests WHERE source = 'webhook'
+            AND received_at > strftime('%Y-%m-%dT%H:%M:%fZ', (SELECT now FROM n),
+                     '-' || (SELECT rate_window_seconds FROM st) || ' seconds')),
+                   'window_seconds', (SELECT rate_window_seconds FROM st),
+                   'tradingview_cutoff', '15 alerts in 3 minutes');

@@ -9,6 +9,7 @@ One process, one SQLite file. Sections, in dependency order (search for the bann
     DATABASE        open_db, schema and migrations, the writer lock
     INGEST          raw body -> validated, normalised events -> the log
     LIFECYCLE       the fold: events -> one signal row, order-independent
+    HEALTH          gaps and scores: the views of schema.sql, run with an injected "now"
     RECONCILIATION  the tiers, cancellation by alternation, sync_once, the audit trail
     OPERATIONS      rebuild, replay-rejected, demo
     WEB APP         make_app: webhook, read endpoints, one error shape
@@ -86,6 +87,12 @@ SETTINGS = [
     Setting("display_tz", "America/New_York", str, "time zone for display (storage is UTC)"),
     Setting("checkpoint_seconds", 5, int, "WAL checkpoint period of the running server"),
     Setting("sync_seconds", 120, int, "period of the reconciliation loop"),
+    Setting("stale_mfe_seconds", 600, int, "an open trade with no update for longer has a "
+            "stale_mfe gap"),
+    Setting("stale_pending_seconds", 3600, int, "a signal pending for longer has a "
+            "stale_pending gap"),
+    Setting("silent_seconds", 900, int, "no webhook for longer: the indicator is silent"),
+    Setting("health_threshold", 90, int, "`health` exits 1 when the score is below this"),
     Setting("price_fresh_seconds", 600, int, "a price sample older than this is not used "
             "to estimate excursions or infer exits"),
 ]
@@ -110,6 +117,10 @@ class Config:
     display_tz: str = "America/New_York"
     checkpoint_seconds: int = 5
     sync_seconds: int = 120
+    stale_mfe_seconds: int = 600
+    stale_pending_seconds: int = 3600
+    silent_seconds: int = 900
+    health_threshold: int = 90
     price_fresh_seconds: int = 600
 
     @property
@@ -926,7 +937,8 @@ SIGNAL_COLUMNS = [
     "confirmation_time", "bars_to_confirmation", "be_triggered_at", "no_be_mfe", "be_mfe", "mae",
     "last_price", "last_price_at", "last_update_at", "exit_be_at", "be_exit_price", "exit_sl_at",
     "exit_tp_at", "exit_price", "exit_reason", "final_mfe", "cancelled_at", "cancelled_by",
-    "cancel_reason", "bars_pending", "has_signal_created", "has_entry", "event_count",
+    "cancel_reason", "bars_pending", "has_signal_created", "has_entry", "entry_received_at",
+    "event_count",
     "first_received_at", "last_received_at", "provenance", "conflicts", "fold_state",
 ]
 JSON_COLUMNS = {"htf_alignment", "setup", "market_state", "targets", "targets_extended",
@@ -1029,6 +1041,8 @@ def save_signal(conn, row, *, now, run_id=None):
              None if a["old"] is None else _canonical(a["old"]),
              None if a["new"] is None else _canonical(a["new"]), a["source"], a["confidence"],
              a["tier"], a["reason"], None if a["evidence"] is None else _canonical(a["evidence"])))
+        if run_id is not None and a["new"] is not None:
+            _bump(conn, f"filled:{a['tier']}")
 
 
 def symbol_key(symbol):
@@ -1047,6 +1061,16 @@ def _record_price(conn, symbol, price, event):
         (symbol_key(symbol), price, event["received_at"], event["event_id"], event["trade_id"]))
 
 
+def _record_activity(conn, symbol, event):
+    if symbol is None:
+        return
+    conn.execute(
+        "INSERT INTO symbol_activity(symbol_key, last_received_at) VALUES (?, ?) "
+        "ON CONFLICT(symbol_key) DO UPDATE SET last_received_at = excluded.last_received_at "
+        "WHERE excluded.last_received_at > symbol_activity.last_received_at",
+        (symbol_key(symbol), event["received_at"]))
+
+
 def derive_event(conn, event, cache=None):
     """Apply one stored event to the derived tables (signals, bars, symbol_prices)."""
     payload = event["payload"]
@@ -1057,6 +1081,7 @@ def derive_event(conn, event, cache=None):
                       payload["open"], payload["high"], payload["low"], payload["close"],
                       event["event_id"]))
         _record_price(conn, payload["symbol"], payload["close"], event)
+        _record_activity(conn, payload["symbol"], event)
         return
     trade_id = event["trade_id"]
     if trade_id is None:
@@ -1068,6 +1093,7 @@ def derive_event(conn, event, cache=None):
     if row is None:
         row = new_signal(trade_id, event["received_at"])
     fold(row, event)
+    _record_activity(conn, payload.get("symbol") or row["symbol"], event)
     if event["event_type"] == "MFE_UPDATE":
         _record_price(conn, payload.get("symbol") or row["symbol"], payload.get("current_price"),
                       event)
@@ -1139,6 +1165,10 @@ def fold(row, event):
     # Excursions: running maximum / minimum of everything received, whatever the order.
     if etype in EXCURSION_TYPES:
         _fold_excursions(row, p, received)
+
+    if etype in ENTRY_EVIDENCE and (row["entry_received_at"] is None
+                                    or received < row["entry_received_at"]):
+        row["entry_received_at"] = received
 
     # Break-even leg.
     if etype == "BE_TRIGGERED" or (etype == "MFE_UPDATE" and p.get("be_triggered") is True):
@@ -1308,6 +1338,134 @@ def _derive_status(row):
             "confirmation_time"]:
         row["conflicts"]["exit_before_entry"] = {"exit_sl_at": row["exit_sl_at"],
                                                  "confirmation_time": row["confirmation_time"]}
+
+
+# ============================================================================================
+# HEALTH
+# ============================================================================================
+# The rules are SQL (schema.sql: v_gap_rules, v_signal_gaps, signal_health_metrics,
+# v_health_summary, v_global_conditions). The time-dependent views read "now" from v_now, the
+# shell's clock; sigsync runs the very same view SQL with its injected clock bound in its place,
+# so the shell, the API and the CLI compute one and the same number.
+
+TIME_VIEWS = ("v_signal_gaps", "signal_health_metrics", "v_health_summary",
+              "v_global_conditions")
+_AT_NOW = {}
+
+
+def at_now(conn, name):
+    """The SQL of a time-dependent view with `v_now` replaced by the parameter :now."""
+    if name not in _AT_NOW:
+        sql = conn.execute("SELECT sql FROM sqlite_schema WHERE type = 'view' AND name = ?",
+                           (name,)).fetchall()[0][0]
+        body = re.split(r"\bAS\b", sql, maxsplit=1)[1]
+        for inner in TIME_VIEWS:
+            if inner != name and re.search(rf"\b{inner}\b", body):
+                body = re.sub(rf"\b{inner}\b", lambda _: f"({at_now(conn, inner)})", body)
+        _AT_NOW[name] = re.sub(r"\bv_now\b", "(SELECT :now AS now)", body)
+    return _AT_NOW[name]
+
+
+def health_query(db, view, now, where="", params=None, conn=None):
+    """Rows of a time-dependent view as of `now` (an aware datetime)."""
+    conn = conn or db.reader()
+    cur = conn.execute(f"SELECT * FROM ({at_now(conn, view)}) {where}",
+                       {"now": iso(now), **(params or {})})
+    try:
+        names = [d[0] for d in cur.getdescription()]
+    except apsw.ExecutionCompleteError:
+        return []
+    return [dict(zip(names, row)) for row in cur]
+
+
+def health_settings_from(config, now):
+    return {"stale_mfe_seconds": config.stale_mfe_seconds,
+            "stale_pending_seconds": config.stale_pending_seconds,
+            "silent_seconds": config.silent_seconds, "sync_seconds": config.sync_seconds,
+            "server_started_at": iso(now)}
+
+
+def store_health_settings(db, values):
+    """The thresholds the rules read; the server writes its configuration at start."""
+    with db.write() as conn:
+        for name, value in values.items():
+            conn.execute("INSERT INTO health_settings(name, value) VALUES (?, ?) "
+                         "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                         (name, str(value)))
+
+
+def health_summary(db, now, conn=None):
+    """{window: row} of v_health_summary as of now, JSON columns parsed."""
+    out = {}
+    for row in health_query(db, "v_health_summary", now, conn=conn):
+        row["gaps_by_type"] = json.loads(row["gaps_by_type"] or "{}")
+        row["filled_by_tier"] = json.loads(row["filled_by_tier"] or "{}")
+        out[row.pop("window")] = row
+    return out
+
+
+def health_report(db, now):
+    """Everything /api/health, `sigsync.py health` and the page show."""
+    windows = health_summary(db, now)
+    recent = windows["7d"] if windows["7d"]["signals"] else windows["all"]
+    conditions = health_query(db, "v_global_conditions", now)
+    for c in conditions:
+        c["active"] = bool(c["active"])
+        c["detail"] = json.loads(c["detail"])
+    last = db.query("SELECT run_id, started_at, finished_at, outcome, examined, changes, error "
+                    "FROM sync_runs WHERE outcome <> 'skipped' ORDER BY run_id DESC LIMIT 1")
+    seen = db.query("SELECT max(received_at) AS at FROM requests WHERE source = 'webhook'")
+    return {"now": iso(now), "score": recent["score"],
+            "score_window": "7d" if recent is windows["7d"] else "all",
+            "windows": windows, "conditions": conditions,
+            "last_sync": last[0] if last else None,
+            "indicator_last_seen": seen[0]["at"] if seen else None}
+
+
+def open_gaps(db, now, *, gap=None, severity=None, trade_id=None, limit=1000):
+    clauses, params = [], {"limit": limit}
+    for name, value in (("gap", gap), ("severity", severity), ("trade_id", trade_id)):
+        if value is not None:
+            clauses.append(f"{name} = :{name}")
+            params[name] = value
+    where = ("WHERE " + " AND ".join(clauses) if clauses else "") + \
+        " ORDER BY severity DESC, gap, trade_id LIMIT :limit"
+    rows = health_query(db, "v_signal_gaps", now, where, params)
+    for r in rows:
+        r["evidence"] = json.loads(r["evidence"]) if r["evidence"] else None
+    return rows
+
+
+def format_health(report, threshold):
+    """The report in the spirit of the original system's "Gap Analysis" block."""
+    windows, lines = report["windows"], []
+    w = windows[report["score_window"]]
+    score = "n/a (no signals)" if report["score"] is None else f"{report['score']:.1f}/100"
+    lines.append(f"Gap Analysis (as of {report['now']})")
+    lines.append(f"Health Score: {score}  [{report['score_window']}: {w['signals']} signals; "
+                 f"all time: {windows['all']['signals']} signals, score "
+                 f"{windows['all']['score'] if windows['all']['score'] is not None else 'n/a'}]"
+                 f"  threshold {threshold}")
+    lines.append(f"Total Gaps: {w['abnormal_gaps'] + w['expected_gaps']} "
+                 f"({w['abnormal_gaps']} abnormal, {w['expected_gaps']} expected)")
+    lines.append("")
+    lines.append("Gap Breakdown:")
+    if not w["gaps_by_type"]:
+        lines.append("  (none)")
+    for gap, n in sorted(w["gaps_by_type"].items()):
+        parts = [f"{n[k]} {k}" for k in ("abnormal", "expected") if n[k]]
+        lines.append(f"  {gap}: {', '.join(parts)}")
+    if w["signal_coverage"] is not None:
+        lines.append(f"Signal coverage: {100 * w['signal_coverage']:.1f}% of {w['confirmed']} "
+                     "confirmed signals have their SIGNAL_CREATED")
+    filled = ", ".join(f"{k} {v}" for k, v in sorted(w["filled_by_tier"].items())) or "none"
+    lines.append(f"Filled by reconciliation: {filled}")
+    active = [c for c in report["conditions"] if c["active"]]
+    lines.append("Global: " + (", ".join(c["condition"] for c in active) if active else "ok"))
+    last = report["last_sync"]
+    lines.append("Last sync: " + (f"run {last['run_id']} {last['outcome']} at "
+                                  f"{last['started_at']}" if last else "never"))
+    return "\n".join(lines)
 
 
 # ============================================================================================
@@ -1556,10 +1714,15 @@ def _sync_locked(db, now, trigger, full, fresh_seconds):
         log.exception("what=sync outcome=failed run_id=%s error=%r", run_id, e)
     changes = sum(counts.values())
     with db.write() as conn:
+        health = health_summary(db, now, conn=conn)
         conn.execute("UPDATE sync_runs SET finished_at = ?, outcome = ?, examined = ?, "
-                     "changes = ?, counts = ?, error = ? WHERE run_id = ?",
+                     "changes = ?, counts = ?, error = ?, score_7d = ?, score_all = ?, "
+                     "abnormal_gaps = ?, expected_gaps = ?, gaps_by_type = ? WHERE run_id = ?",
                      (iso(now + dt.timedelta(seconds=time.monotonic() - started)), outcome,
-                      examined, changes, _canonical(counts), error, run_id))
+                      examined, changes, _canonical(counts), error, health["7d"]["score"],
+                      health["all"]["score"], health["all"]["abnormal_gaps"],
+                      health["all"]["expected_gaps"], _canonical(health["all"]["gaps_by_type"]),
+                      run_id))
     log.info("what=sync outcome=%s run_id=%s examined=%s changes=%s seconds=%.3f", outcome,
              run_id, examined, changes, time.monotonic() - started)
     result = {"run_id": run_id, "outcome": outcome, "examined": examined, "changes": changes,
@@ -1611,7 +1774,7 @@ def _work_set(db, mark, top, full):
 # OPERATIONS
 # ============================================================================================
 
-DERIVED_TABLES = ("signals", "bars", "symbol_prices")
+DERIVED_TABLES = ("signals", "bars", "symbol_prices", "symbol_activity", "signal_gaps")
 
 
 def rebuild(db, *, now):
@@ -1990,6 +2153,39 @@ def make_app(db, clock, config):
                 "be_state": signal_row["be_state"], "fields": fields,
                 "conflicts": signal_row["conflicts"], "events": events}
 
+    @app.get("/api/health")
+    @reading
+    def api_health():
+        return health_report(db, clock.now())
+
+    @app.get("/api/health/history")
+    @reading
+    def api_health_history():
+        limit = _int_param("limit", 500, 1, 5000)
+        rows = db.query("SELECT run_id, started_at, finished_at, outcome, trigger, examined, "
+                        "changes, counts, error, score_7d, score_all, abnormal_gaps, "
+                        "expected_gaps, gaps_by_type FROM sync_runs WHERE outcome <> 'skipped' "
+                        "ORDER BY run_id DESC LIMIT ?", (limit,))
+        for r in rows:
+            r["counts"] = json.loads(r["counts"] or "{}")
+            r["gaps_by_type"] = json.loads(r["gaps_by_type"] or "{}")
+        return {"runs": rows[::-1]}
+
+    @app.get("/api/gaps")
+    @reading
+    def api_gaps():
+        query = bottle.request.query
+        severity = query.get("severity") or None
+        if severity not in (None, "expected", "abnormal"):
+            raise BadRequest("severity: expected 'expected' or 'abnormal'")
+        gap = query.get("gap") or None
+        if gap is not None and not db.query("SELECT 1 FROM gap_types WHERE gap = ?", (gap,)):
+            raise BadRequest(f"gap: unknown gap type {gap[:40]!r}")
+        rows = open_gaps(db, clock.now(), gap=gap, severity=severity,
+                         trade_id=query.get("trade_id") or None,
+                         limit=_int_param("limit", 500, 1, 5000))
+        return {"count": len(rows), "gaps": rows}
+
     @app.get("/api/rejected")
     @reading
     def api_rejected():
@@ -2196,6 +2392,7 @@ def serve(config, clock=None, stop=None):
                     "NO WEBHOOK SECRET IS SET: anyone who can reach this port can post events. "
                     "Set SIGSYNC_SECRET before exposing it.")
     db = open_db(config.db, autocheckpoint=False)
+    store_health_settings(db, health_settings_from(config, clock.now()))
     app = make_app(db, clock, config)
     server = HttpServer(app, config.host, config.port, threads=config.threads,
                         connection_limit=config.connection_limit, max_body=config.max_body)
@@ -2270,6 +2467,37 @@ def cmd_sync(args, config):
     return 0 if result["outcome"] in ("ok", "skipped") else 1
 
 
+def cmd_health(args, config):
+    db = open_db(config.db)
+    try:
+        report = health_report(db, Clock().now())
+    finally:
+        db.close()
+    if args.json:
+        _print_json(report)
+    else:
+        print(format_health(report, config.health_threshold))
+    score = report["score"]
+    return 1 if score is not None and score < config.health_threshold else 0
+
+
+def cmd_gaps(args, config):
+    db = open_db(config.db)
+    try:
+        rows = open_gaps(db, Clock().now(), gap=args.gap, severity=args.severity,
+                         trade_id=args.trade_id, limit=args.limit)
+    finally:
+        db.close()
+    if args.json:
+        _print_json(rows)
+        return 0
+    for r in rows:
+        print(f"{r['trade_id']}  {r['gap']:<21} {r['severity']:<8} since {r['since'] or '-'}"
+              f"  (filled by {r['filled_by']})")
+    print(f"{len(rows)} open gaps")
+    return 0
+
+
 def cmd_rebuild(args, config):
     db = open_db(config.db)
     try:
@@ -2331,6 +2559,15 @@ def build_parser():
                    "with new evidence")
     p.add_argument("--json", action="store_true")
     sub.add_parser("rebuild", parents=[common], help="recompute derived state from the log")
+    p = sub.add_parser("health", parents=[common], help="the health report; exit 1 under the "
+                       "threshold")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("gaps", parents=[common], help="list open gaps")
+    p.add_argument("--gap", help="only this gap type")
+    p.add_argument("--severity", choices=["expected", "abnormal"])
+    p.add_argument("--trade-id", dest="trade_id")
+    p.add_argument("--limit", type=int, default=1000)
+    p.add_argument("--json", action="store_true")
     p = sub.add_parser("replay-rejected", parents=[common], help="re-ingest dead letters")
     p.add_argument("ids", nargs="*", type=int, help="only these dead letters")
     p.add_argument("--include-auth", action="store_true",
