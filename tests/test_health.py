@@ -1,0 +1,335 @@
+"""Health in SQL (SPEC §3.4–§3.5): each gap opens, closes and has the right severity at the
+boundary instants; the seeds' scenario; the shell, the API and the CLI agree."""
+
+import datetime as dt
+import json
+import shutil
+import subprocess
+
+import pytest
+
+import sigsync
+from conftest import START
+
+T = "20251215_100000000_BULLISH"
+OTHER = "20251215_090000000_BEARISH"
+
+
+def send(db, clock, **fields):
+    return sigsync.ingest(db, json.dumps(fields).encode(), now=clock.now())
+
+
+def gaps(db, clock, trade_id=T):
+    return {r["gap"]: r["severity"] for r in sigsync.open_gaps(db, clock.now(),
+                                                               trade_id=trade_id)}
+
+
+def entry(trade_id=T, **extra):
+    fields = dict(event_type="ENTRY", trade_id=trade_id, symbol="MNQ1!", timeframe="1",
+                  direction="Bullish" if trade_id.endswith("BULLISH") else "Bearish",
+                  entry_price=25680.0, stop_loss=25640.0, mae_global_r=0)
+    fields.update(extra)
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def created(trade_id=T, symbol="MNQ1!"):
+    return dict(event_type="SIGNAL_CREATED", trade_id=trade_id, symbol=symbol, timeframe="1",
+                direction="Bullish" if trade_id.endswith("BULLISH") else "Bearish",
+                event_timestamp=f"2025-12-15T{trade_id[9:11]}:{trade_id[11:13]}:00",
+                htf_alignment={"daily": "Bullish"})
+
+
+# --- each gap: the condition that opens it and the one that closes it ----------------------
+
+def test_no_signal_created_opens_on_entry_alone_and_closes_when_it_arrives(db, clock):
+    send(db, clock, **entry())
+    assert gaps(db, clock)["no_signal_created"] == "abnormal"
+    send(db, clock, **created())
+    assert "no_signal_created" not in gaps(db, clock)
+
+
+def test_no_entry_opens_on_mfe_alone_and_closes_with_the_entry(db, clock):
+    send(db, clock, event_type="MFE_UPDATE", trade_id=T, no_be_mfe=0.2, mae_global_r=-0.1)
+    assert gaps(db, clock)["no_entry"] == "abnormal"
+    send(db, clock, **entry())
+    assert "no_entry" not in gaps(db, clock)
+
+
+@pytest.mark.parametrize("field, gap", [("entry_price", "no_entry_price"),
+                                        ("stop_loss", "no_stop_loss")])
+def test_missing_price_opens_and_batch_elements_close_it(db, clock, field, gap):
+    send(db, clock, **entry(**{field: None}))
+    assert gaps(db, clock)[gap] == "abnormal"
+    send(db, clock, event_type="MFE_UPDATE_BATCH", timestamp="2025-12-15T10:05:00",
+         signals=[{"trade_id": T, "entry_price": 25680.0, "stop_loss": 25640.0}])
+    assert gap not in gaps(db, clock)
+
+
+def test_no_htf_alignment_closes_with_the_signal_created(db, clock):
+    send(db, clock, **entry())
+    assert gaps(db, clock)["no_htf_alignment"] == "abnormal"
+    send(db, clock, **created())
+    assert "no_htf_alignment" not in gaps(db, clock)
+
+
+@pytest.mark.parametrize("gap", ["no_confirmation_time", "no_session", "no_signal_date",
+                                 "no_targets"])
+def test_gaps_a_pass_fills_close_after_the_pass(db, clock, gap):
+    send(db, clock, **entry())
+    assert gaps(db, clock)[gap] == "abnormal"
+    sigsync.sync_once(db, now=clock.now())
+    assert gap not in gaps(db, clock)
+
+
+def test_missed_exit_opens_on_mae_past_the_stop_and_closes_with_the_exit(db, clock):
+    send(db, clock, **entry())
+    send(db, clock, event_type="MFE_UPDATE", trade_id=T, mae_global_r=-1.05)
+    assert gaps(db, clock)["missed_exit"] == "abnormal"
+    send(db, clock, event_type="EXIT_SL", trade_id=T, exit_price=25640.0)
+    assert "missed_exit" not in gaps(db, clock)
+
+
+def test_conflict_stays_open_for_a_person(db, clock):
+    send(db, clock, **entry())
+    send(db, clock, **entry(entry_price=25690.0))
+    sigsync.sync_once(db, now=clock.now())
+    row = sigsync.open_gaps(db, clock.now(), trade_id=T, gap="conflict")[0]
+    assert row["severity"] == "abnormal" and "entry_price" in row["evidence"]
+
+
+# --- time rules at their boundary instants ------------------------------------------------
+
+def at(clock, seconds):
+    clock.current = START + dt.timedelta(seconds=seconds)
+
+
+def test_stale_mfe_boundaries_and_severity_by_symbol_activity(db, clock):
+    send(db, clock, **entry())                       # last update at START
+    at(clock, 599.999)
+    assert "stale_mfe" not in gaps(db, clock)        # just before
+    at(clock, 600)
+    assert "stale_mfe" not in gaps(db, clock)        # at: "older than" is strict
+    at(clock, 600.001)
+    assert gaps(db, clock)["stale_mfe"] == "expected"    # just after; nothing else arrives
+    send(db, clock, event_type="MFE_UPDATE", trade_id=OTHER, symbol="MNQ1!",
+         current_price=25700.0)                      # the market is sending data: abnormal
+    assert gaps(db, clock)["stale_mfe"] == "abnormal"
+    send(db, clock, event_type="MFE_UPDATE", trade_id=T, no_be_mfe=0.2)
+    assert "stale_mfe" not in gaps(db, clock)        # closes with the trade's own update
+
+
+def test_stale_mfe_stays_expected_when_only_another_symbol_moves(db, clock):
+    send(db, clock, **entry())
+    at(clock, 700)
+    send(db, clock, event_type="MFE_UPDATE", trade_id=OTHER, symbol="MES1!",
+         current_price=6000.0)
+    assert gaps(db, clock)["stale_mfe"] == "expected"
+
+
+def test_no_mae_is_expected_for_the_first_bar_and_abnormal_after(db, clock):
+    send(db, clock, **entry(mae_global_r=None))      # 1-minute chart: bar + 60 s grace
+    assert gaps(db, clock)["no_mae"] == "expected"
+    at(clock, 119.999)
+    assert gaps(db, clock)["no_mae"] == "expected"
+    at(clock, 120)
+    assert gaps(db, clock)["no_mae"] == "expected"
+    at(clock, 120.001)
+    assert gaps(db, clock)["no_mae"] == "abnormal"
+    send(db, clock, event_type="MFE_UPDATE", trade_id=T, mae_global_r=0)
+    assert "no_mae" not in gaps(db, clock)           # 0 is a value
+
+
+def test_stale_pending_boundaries(db, clock):
+    send(db, clock, **created())                     # triangle at 15:00Z
+    clock.current = dt.datetime(2025, 12, 15, 16, 0, tzinfo=dt.timezone.utc)
+    assert "stale_pending" not in gaps(db, clock)
+    clock.current += dt.timedelta(milliseconds=1)
+    assert gaps(db, clock)["stale_pending"] == "expected"
+    send(db, clock, **entry())
+    assert "stale_pending" not in gaps(db, clock)
+
+
+def conditions(db, clock):
+    return {c["condition"]: c["active"] for c in sigsync.health_report(db, clock.now())[
+        "conditions"]}
+
+
+def test_indicator_silent_boundaries(db, clock):
+    sigsync.ingest(db, b'{"event_type": "HEARTBEAT"}', now=clock.now())
+    at(clock, 900)
+    assert conditions(db, clock)["indicator_silent"] is False
+    at(clock, 900.001)
+    assert conditions(db, clock)["indicator_silent"] is True
+
+
+def test_sync_late_and_failing_conditions(db, clock):
+    sigsync.store_health_settings(db, {"server_started_at": sigsync.iso(clock.now())})
+    at(clock, 300)                                   # 2 x 120 s + 60 s
+    assert conditions(db, clock)["sync_late"] is False
+    at(clock, 300.001)
+    assert conditions(db, clock)["sync_late"] is True
+    sigsync.sync_once(db, now=clock.now())
+    assert conditions(db, clock)["sync_late"] is False
+    assert conditions(db, clock)["sync_failing"] is False
+
+
+def test_alert_rate_near_tradingviews_cutoff(db, clock):
+    for i in range(12):
+        sigsync.ingest(db, b'{"event_type": "HEARTBEAT", "n": %d}' % i, now=clock.now())
+    assert conditions(db, clock)["alert_rate_near_cutoff"] is True
+    at(clock, 181)
+    assert conditions(db, clock)["alert_rate_near_cutoff"] is False
+
+
+def test_dead_letters_in_the_last_day(db, clock):
+    sigsync.reject(db, b"x", sigsync.Rejected("bad", "invalid_json"), now=clock.now())
+    assert conditions(db, clock)["dead_letters_24h"] is True
+    at(clock, 86400.001)
+    assert conditions(db, clock)["dead_letters_24h"] is False
+
+
+# --- scores --------------------------------------------------------------------------------
+
+def tid(n, side="BULLISH"):
+    base = dt.datetime(2025, 12, 15, 8, 0) + dt.timedelta(minutes=n)
+    return base.strftime("%Y%m%d_%H%M%S") + "000_" + side
+
+
+def test_the_seeds_scenario_low_for_the_right_reason_then_healthy(db, clock):
+    clock.current = dt.datetime(2025, 12, 15, 20, 0, tzinfo=dt.timezone.utc)
+    # 7 open trades on a market that has closed: complete, then no more data (expected)
+    for n in range(7):
+        t = tid(n)
+        send(db, clock, **created(t, symbol="MES1!"))
+        send(db, clock, **entry(t, symbol="MES1!", confirmation_time="2025-12-15T08:05:00"))
+        send(db, clock, event_type="MFE_UPDATE", trade_id=t, no_be_mfe=0.3, mae_global_r=-0.2)
+    sigsync.sync_once(db, now=clock.now())
+    clock.current += dt.timedelta(hours=1)
+    # 36 confirmed trades: ENTRY without HTF or confirmation time; their SIGNAL_CREATED was lost
+    for n in range(10, 46):
+        send(db, clock, **entry(tid(n)))
+        send(db, clock, event_type="EXIT_SL", trade_id=tid(n), exit_price=25640.0)
+    # 5 trades whose ENTRY dropped the stop (so no extended targets)
+    for n in range(50, 55):
+        send(db, clock, **created(tid(n)))
+        send(db, clock, **entry(tid(n), stop_loss=None, confirmation_time="2025-12-15T09:00:00"))
+        send(db, clock, event_type="EXIT_BE", trade_id=tid(n), exit_price=25680.0)
+    # 2 trades that just confirmed: no MAE yet, still within their first bar (expected)
+    for n in range(60, 62):
+        send(db, clock, **created(tid(n)))
+        send(db, clock, **entry(tid(n), mae_global_r=None,
+                                confirmation_time="2025-12-15T09:05:00"))
+        sigsync.sync_once(db, now=clock.now())
+    report = sigsync.health_report(db, clock.now())
+    w = report["windows"]["all"]
+    by = w["gaps_by_type"]
+    assert w["signals"] == 50
+    assert by["no_htf_alignment"] == {"abnormal": 36, "expected": 0}
+    assert by["no_signal_created"]["abnormal"] == 36
+    assert by["no_targets"]["abnormal"] == 5 and by["no_stop_loss"]["abnormal"] == 5
+    assert by["stale_mfe"] == {"abnormal": 0, "expected": 7}
+    assert by["no_mae"] == {"abnormal": 0, "expected": 2}
+    assert w["score"] < 85                            # low, and for the abnormal gaps only
+    waiting = [r for r in sigsync.health_query(db, "signal_health_metrics", clock.now())
+               if r["gaps"] and ("stale_mfe" in r["gaps"] or "no_mae" in r["gaps"])]
+    assert len(waiting) == 9 and all(r["health_score"] == 100 for r in waiting)
+    assert w["signal_coverage"] == round(14 / 50, 4)
+
+    # the SIGNAL_CREATED events arrive, the batches carry the stops; one pass
+    for n in range(10, 46):
+        send(db, clock, **created(tid(n)))
+    send(db, clock, event_type="MFE_UPDATE_BATCH", timestamp="2025-12-15T09:10:00",
+         signals=[{"trade_id": tid(n), "entry_price": 25680.0, "stop_loss": 25640.0}
+                  for n in range(50, 55)])
+    sigsync.sync_once(db, now=clock.now())
+    report = sigsync.health_report(db, clock.now())
+    w = report["windows"]["all"]
+    assert w["score"] >= 95 and w["abnormal_gaps"] == 0
+    assert set(w["gaps_by_type"]) == {"stale_mfe", "no_mae"}
+    assert w["signal_coverage"] == 1.0
+
+
+def test_one_broken_signal_among_a_hundred_costs_about_one_point(db, clock):
+    for n in range(100):
+        send(db, clock, **created(tid(n)))
+        send(db, clock, **entry(tid(n), confirmation_time="2025-12-15T09:00:00"))
+        send(db, clock, event_type="EXIT_SL", trade_id=tid(n), exit_price=25640.0)
+    sigsync.sync_once(db, now=clock.now())
+    assert sigsync.health_report(db, clock.now())["score"] == 100.0
+    broken = tid(200)
+    send(db, clock, **entry(broken, entry_price=None, stop_loss=None, mae_global_r=None))
+    send(db, clock, **entry(broken, entry_price=1.0))                 # and a conflict
+    sigsync.sync_once(db, now=clock.now())
+    score = sigsync.health_report(db, clock.now())["score"]
+    # even a signal that is worth 0 costs the mean at most 100/101 points
+    assert 100 - 100 / 101 - 0.01 <= score < 100, score
+
+
+def test_each_pass_stores_the_score(db, clock):
+    send(db, clock, **entry())
+    before = sigsync.health_report(db, clock.now())["windows"]["all"]
+    run = sigsync.sync_once(db, now=clock.now())
+    row = db.query("SELECT * FROM sync_runs WHERE run_id = ?", (run["run_id"],))[0]
+    after = sigsync.health_report(db, clock.now())["windows"]["all"]
+    assert row["score_all"] == after["score"] > before["score"]
+    assert json.loads(row["gaps_by_type"]) == after["gaps_by_type"]
+    assert row["abnormal_gaps"] == after["abnormal_gaps"]
+
+
+# --- the shell, the API and the CLI agree --------------------------------------------------
+
+@pytest.mark.skipif(shutil.which("sqlite3") is None, reason="Debian package sqlite3 missing")
+def test_sqlite3_shell_api_and_cli_give_the_same_numbers(server, run_cli, tmp_path):
+    db_path = tmp_path / "parity.db"
+    code, _, err = run_cli("demo", "--db", db_path, "--start", "2025-12-15T13:30:00Z")
+    assert code == 0, err
+    s = server(db_path=db_path)
+    status, api = s.get("/api/health")
+    assert status == 200
+    code, out, err = run_cli("health", "--db", db_path, "--json")
+    cli = json.loads(out)
+    shell = subprocess.run(["sqlite3", "-json", str(db_path), "select * from v_health_summary"],
+                           capture_output=True, text=True, check=True)
+    rows = {r["window"]: r for r in json.loads(shell.stdout)}
+    for window in ("7d", "all"):
+        for key in ("signals", "score", "abnormal_gaps", "expected_gaps", "confirmed",
+                    "signal_coverage"):
+            assert api["windows"][window][key] == cli["windows"][window][key] \
+                == rows[window][key], (window, key)
+        assert api["windows"][window]["gaps_by_type"] == json.loads(
+            rows[window]["gaps_by_type"]) == cli["windows"][window]["gaps_by_type"]
+    assert api["windows"]["all"]["signals"] > 20 and api["windows"]["all"]["abnormal_gaps"] > 0
+    shell = subprocess.run(["sqlite3", "-json", str(db_path),
+                            "select gap, severity, count(*) AS n from v_signal_gaps "
+                            "group by 1, 2"], capture_output=True, text=True, check=True)
+    status, listed = s.get("/api/gaps")
+    counted = {}
+    for g in listed["gaps"]:
+        counted[(g["gap"], g["severity"])] = counted.get((g["gap"], g["severity"]), 0) + 1
+    assert counted == {(r["gap"], r["severity"]): r["n"] for r in json.loads(shell.stdout)}
+
+
+# --- the health command's exit code --------------------------------------------------------
+
+def test_health_exits_zero_when_healthy_and_one_under_the_threshold(tmp_path, capsys):
+    path = str(tmp_path / "exit.db")
+    db = sigsync.open_db(path)
+    now = sigsync.Clock().now()
+    trade = (now.astimezone(sigsync.NEW_YORK) - dt.timedelta(hours=1)).strftime(
+        "%Y%m%d_%H%M%S") + "000_BULLISH"
+    sigsync.ingest(db, json.dumps(created(trade)).encode(), now=now)
+    sigsync.ingest(db, json.dumps(entry(trade, confirmation_time=None)).encode(), now=now)
+    sigsync.ingest(db, json.dumps({"event_type": "EXIT_SL", "trade_id": trade,
+                                   "exit_price": 25640.0}).encode(), now=now)
+    sigsync.sync_once(db, now=now)
+    db.close()
+    assert sigsync.main(["health", "--db", path]) == 0
+    assert "Health Score: 100.0/100" in capsys.readouterr().out
+    db = sigsync.open_db(path)
+    sigsync.ingest(db, json.dumps(entry(trade, entry_price=1.0)).encode(), now=now)  # conflict
+    db.close()
+    assert sigsync.main(["health", "--db", path, "--health-threshold", "90"]) == 1
+    assert sigsync.main(["health", "--db", path, "--health-threshold", "75"]) == 0
+    capsys.readouterr()
+    assert sigsync.main(["health", "--db", path, "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["score"] < 90
