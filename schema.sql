@@ -25,6 +25,7 @@ CREATE TABLE requests (
     source       TEXT NOT NULL DEFAULT 'webhook'
                  CHECK (source IN ('webhook', 'import', 'replay', 'demo'))
 );
+CREATE INDEX requests_source_received ON requests(source, received_at);  -- last seen, rate
 
 -- One row per distinct event. A batch request yields one row per element; an exact duplicate
 -- (same type, trade and content) yields none (it is acknowledged with "duplicate": true).

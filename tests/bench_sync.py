@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Reconciliation pass time against history size (issue: the incremental pass).
+"""Reconciliation pass and health query times against history size.
 
     python tests/bench_sync.py [--sizes 10000,100000,1000000] [--repeats 3]
 
@@ -7,7 +7,8 @@ For each size: a database holding that many stored events (a generated 1-minute 
 ~10 events per trade, a handful of trades still open), a full pass from scratch, then
 `repeats` rounds of "100 new events arrive through ingest, one incremental pass runs", timed.
 Reported: median incremental pass, full pass, and the ratio incremental(largest)/incremental(
-smallest). Targets: the incremental pass at 1M events within 3x its time at 10k, under 200 ms.
+smallest). Targets: the incremental pass at 1M events within 3x its time at 10k, under 200 ms;
+the health summary view and GET /api/health under 50 ms at 100k+ signals (medians of 7).
 Everything runs in-process against a database in a temporary directory; no network.
 """
 
@@ -122,11 +123,44 @@ def measure(size, repeats, rng):
             run = sigsync.sync_once(db, now=now)
             times.append(time.perf_counter() - t0)
             examined.append(run["examined"])
+        health = time_health(db, now)
         db.close()
     return {"events": events, "signals": signals, "fold_s": fold_s, "full_pass_s": full_s,
             "full_pass_changes": full["changes"], "incremental_ms": statistics.median(times) * 1e3,
             "incremental_all_ms": [round(t * 1e3, 1) for t in times],
-            "examined": statistics.median(examined)}
+            "examined": statistics.median(examined), **health}
+
+
+def time_health(db, now, rounds=7):
+    """Median time of the summary view, of health_report, and of GET /api/health over HTTP."""
+    import http.client
+    reader = db.reader()
+
+    def median_ms(func):
+        samples = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            func()
+            samples.append(time.perf_counter() - t0)
+        return statistics.median(samples) * 1e3
+
+    view_ms = median_ms(lambda: reader.execute("SELECT * FROM v_health_summary").fetchall())
+    report_ms = median_ms(lambda: sigsync.health_report(db, now))
+    config = sigsync.Config(db=db.path)
+    server = sigsync.HttpServer(sigsync.make_app(db, sigsync.FixedClock(now), config),
+                                "127.0.0.1", 0).start()
+    try:
+        def get():
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+            conn.request("GET", "/api/health")
+            response = conn.getresponse()
+            assert response.status == 200, response.status
+            response.read()
+            conn.close()
+        api_ms = median_ms(get)
+    finally:
+        server.stop()
+    return {"summary_view_ms": view_ms, "health_report_ms": report_ms, "api_health_ms": api_ms}
 
 
 def run(sizes=(10_000, 100_000, 1_000_000), repeats=3, out=print):
@@ -134,12 +168,14 @@ def run(sizes=(10_000, 100_000, 1_000_000), repeats=3, out=print):
     results = {}
     out("Reconciliation pass vs history size (100 new events per incremental pass)")
     out(f"{'events':>9} {'signals':>8} {'fold s':>7} {'full pass s':>11} "
-        f"{'incremental ms (median)':>24} {'examined':>8}")
+        f"{'incremental ms':>14} {'examined':>8} {'v_health_summary ms':>19} "
+        f"{'GET /api/health ms':>18}")
     for size in sizes:
         r = measure(size, repeats, rng)
         results[size] = r
         out(f"{r['events']:>9} {r['signals']:>8} {r['fold_s']:>7.1f} {r['full_pass_s']:>11.2f} "
-            f"{r['incremental_ms']:>24.1f} {r['examined']:>8}")
+            f"{r['incremental_ms']:>14.1f} {r['examined']:>8} {r['summary_view_ms']:>19.1f} "
+            f"{r['api_health_ms']:>18.1f}")
     small, large = results[min(sizes)], results[max(sizes)]
     ratio = large["incremental_ms"] / small["incremental_ms"]
     out(f"incremental({max(sizes)}) / incremental({min(sizes)}) = {ratio:.2f} (target <= 3); "
