@@ -26,6 +26,7 @@ CREATE TABLE requests (
                  CHECK (source IN ('webhook', 'import', 'replay', 'demo'))
 );
 CREATE INDEX requests_source_received ON requests(source, received_at);  -- last seen, rate
+CREATE INDEX requests_received ON requests(received_at);                  -- import: seen?
 
 -- One row per distinct event. A batch request yields one row per element; an exact duplicate
 -- (same type, trade and content) yields none (it is acknowledged with "duplicate": true).

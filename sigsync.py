@@ -11,7 +11,7 @@ One process, one SQLite file. Sections, in dependency order (search for the bann
     LIFECYCLE       the fold: events -> one signal row, order-independent
     HEALTH          gaps and scores: the views of schema.sql, run with an injected "now"
     RECONCILIATION  the tiers, cancellation by alternation, sync_once, the audit trail
-    OPERATIONS      rebuild, replay-rejected, demo
+    OPERATIONS      rebuild, replay-rejected, demo, backup, check, export, import, metrics
     WEB APP         make_app: webhook, read endpoints, one error shape
     SERVICE         waitress server, scheduler, sd_notify, graceful shutdown
     CLI             cmd_* handlers and main()
@@ -851,8 +851,12 @@ class IngestResult:
         return body
 
 
+class AlreadyStored(Exception):
+    """import: everything in this line is already in the log (nothing was written)."""
+
+
 def ingest(db, raw, *, now, peer=None, path="/api/automated-signals/webhook",
-           content_type=None, source="webhook", data=None):
+           content_type=None, source="webhook", data=None, skip_known=False):
     """Validate and store one request durably; fold its events into the signals.
 
     Returns IngestResult once the transaction is committed (the caller may then answer 2xx).
@@ -871,7 +875,17 @@ def ingest(db, raw, *, now, peer=None, path="/api/automated-signals/webhook",
         for index, payload in enumerate(payloads):
             batch_index = index if event_type == "MFE_UPDATE_BATCH" else None
             stored.append(_store_event(conn, request_id, received_at, payload, batch_index))
+        if skip_known and _already_known(conn, stored, request_id, received_at, raw):
+            raise AlreadyStored()               # rolls the transaction back
     return IngestResult(request_id, event_type, stored)
+
+
+def _already_known(conn, stored, request_id, received_at, raw):
+    if stored:
+        return all(e["duplicate"] for e in stored)
+    return bool(conn.execute("SELECT 1 FROM requests WHERE received_at = ? AND raw_body = ? "
+                             "AND request_id <> ?", (received_at, mask_secret(raw),
+                                                     request_id)).fetchall())
 
 
 def _insert_request(conn, received_at, peer, path, content_type, raw, source):
@@ -903,6 +917,7 @@ def _store_event(conn, request_id, received_at, payload, batch_index, derive=Tru
     event = {"event_id": rows[0][0], "received_at": received_at, "dedup_key": dedup_key,
              "event_type": payload["event_type"], "trade_id": trade_id, "payload": payload}
     result["event_id"] = event["event_id"]
+    _bump(conn, f"events:{payload['event_type']}")
     if derive:                 # bulk loaders skip this and call refold() once at the end
         derive_event(conn, event)
     return result
@@ -1967,6 +1982,196 @@ def demo(db, *, start, seed=7):
     return {"stored": stored, "rejected": rejected, "changes": run["changes"]}
 
 
+def backup_to(source_path, dest):
+    """A consistent copy of the database (SQLite online backup API), safe while serving.
+
+    The pages are copied in one step, i.e. inside one read transaction: the copy is the database
+    as of that instant, whatever writers do meanwhile. Written to a temporary file, fsynced,
+    then renamed over `dest`, so a crash never leaves a half backup under that name.
+    """
+    dest = os.path.abspath(dest)
+    tmp = f"{dest}.tmp-{os.getpid()}"
+    source = _connect(source_path)
+    try:
+        target = apsw.Connection(tmp)
+        try:
+            with target.backup("main", source, "main") as b:
+                b.step(-1)
+                pages = b.pagecount
+        finally:
+            target.close()
+    finally:
+        source.close()
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, dest)
+    directory = os.open(os.path.dirname(dest), os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    return {"dest": dest, "pages": pages, "bytes": os.path.getsize(dest)}
+
+
+def check(db, *, now, sample=200, seed=None):
+    """Integrity, schema version, and the derived rows of a sample equal to a fresh fold."""
+    problems = []
+    integrity = [r["integrity_check"] for r in db.query("PRAGMA integrity_check")]
+    if integrity != ["ok"]:
+        problems.append("integrity_check: " + "; ".join(integrity[:5]))
+    version = db.query("PRAGMA user_version")[0]["user_version"]
+    if version != schema_version():
+        problems.append(f"schema version {version}, expected {schema_version()}")
+    ids = [r["trade_id"] for r in db.query("SELECT trade_id FROM signals")]
+    chosen = random.Random(seed).sample(ids, min(sample, len(ids)))
+    compared = ("status", "be_state", "event_count", "has_entry", "has_signal_created",
+                "first_received_at", "last_received_at", "no_be_mfe", "be_mfe", "mae")
+    for trade_id in chosen:
+        stored = signal_row_of(db, trade_id)
+        fresh = None
+        for e in db.query("SELECT event_id, received_at, event_type, trade_id, payload, "
+                          "dedup_key FROM events WHERE trade_id = ? ORDER BY event_id",
+                          (trade_id,)):
+            e["payload"] = json.loads(e["payload"])
+            fresh = fresh or new_signal(trade_id, e["received_at"])
+            fold(fresh, e)
+        for field in SIGNAL_COLUMNS:
+            source = stored["provenance"].get(field)
+            received = source is not None and source[1] >= 1.0 and source[0] != "calculated"
+            if field in compared and stored["provenance"].get(field, ["", 0])[1] < 1.0:
+                continue                         # an estimate of a pass: not from the log
+            if (field in compared or received) and fresh is not None \
+                    and stored[field] != fresh[field]:
+                if field == "status" and stored["fold_state"].get("inferred_cancel") \
+                        or field == "status" and stored["fold_state"].get("inferred_exit"):
+                    continue
+                problems.append(f"{trade_id}.{field}: stored {stored[field]!r}, "
+                                f"log says {fresh[field]!r}")
+    return {"integrity": integrity[0] if integrity else None, "schema_version": version,
+            "signals_checked": len(chosen), "problems": problems, "ok": not problems}
+
+
+def signal_row_of(db, trade_id):
+    row = dict(zip(SIGNAL_COLUMNS, db.reader().execute(_SELECT_SIGNAL, (trade_id,))
+                   .fetchall()[0]))
+    for col in JSON_COLUMNS:
+        if row[col] is not None:
+            row[col] = json.loads(row[col])
+    return row
+
+
+def export_events(db, out):
+    """NDJSON, one line per accepted request: its arrival, origin and raw body."""
+    n = 0
+    for row in db.reader().execute(
+            "SELECT request_id, received_at, peer, path, content_type, source, raw_body "
+            "FROM requests ORDER BY request_id"):
+        keys = ("request_id", "received_at", "peer", "path", "content_type", "source")
+        line = dict(zip(keys, row[:6]))
+        line["raw_body"] = bytes(row[6]).decode("utf-8")
+        out.write(json.dumps(line, ensure_ascii=False) + "\n")
+        n += 1
+    return n
+
+
+def export_signals_csv(db, out):
+    import csv
+    columns = [c for c in SIGNAL_COLUMNS if c != "fold_state"]
+    writer = csv.writer(out)
+    writer.writerow(columns)
+    n = 0
+    for row in db.reader().execute(f"SELECT {', '.join(columns)} FROM signals "
+                                   "ORDER BY id_time, trade_id"):
+        writer.writerow(["" if v is None else v for v in row])
+        n += 1
+    return n
+
+
+def import_lines(db, lines, *, now, progress=None):
+    """Ingest NDJSON: exported request lines (their received_at kept) or raw bodies (arriving
+    now). Idempotent: a line whose events are all stored already writes nothing."""
+    counts = {"stored": 0, "known": 0, "rejected": 0, "lines": 0}
+    for number, line in enumerate(lines, start=1):
+        line = line.strip()
+        if not line:
+            continue
+        counts["lines"] += 1
+        raw, received, meta = line.encode("utf-8"), now, {}
+        try:
+            data = json.loads(line)
+        except ValueError:
+            data = None
+        if isinstance(data, dict) and isinstance(data.get("raw_body"), str) \
+                and "received_at" in data:
+            raw = data["raw_body"].encode("utf-8")
+            received = from_iso(data["received_at"])
+            meta = {"peer": data.get("peer"), "content_type": data.get("content_type"),
+                    "path": data.get("path") or "/import"}
+        try:
+            ingest(db, raw, now=received, source="import", skip_known=True,
+                   **{"path": "/import", **meta})
+            counts["stored"] += 1
+        except AlreadyStored:
+            counts["known"] += 1
+        except Rejected as e:
+            counts["rejected"] += 1
+            reject(db, raw, e, now=now, path="/import")
+        if progress:
+            progress(number, counts)
+    return counts
+
+
+def metrics_text(db, now, job_failures=None):
+    """Prometheus text exposition (format 0.0.4)."""
+    out = []
+
+    def family(name, kind, help_text, samples):
+        out.append(f"# HELP {name} {help_text}")
+        out.append(f"# TYPE {name} {kind}")
+        for labels, value in samples:
+            label = ",".join(f'{k}="{v}"' for k, v in labels.items())
+            out.append(f"{name}{{{label}}} {value}" if label else f"{name} {value}")
+
+    counters = {r["name"]: r["value"] for r in db.query("SELECT name, value FROM counters")}
+    family("sigsync_events_total", "counter", "Events stored, by type (duplicates excluded).",
+           [({"type": t}, counters.get(f"events:{t}", 0))
+            for t in sorted(set(EVENT_TYPES.values()) - {"MFE_UPDATE_BATCH"})])
+    family("sigsync_duplicates_total", "counter", "Events received again and acknowledged "
+           "as duplicates.", [({}, counters.get("duplicates", 0))])
+    family("sigsync_rejected_total", "counter", "Requests refused, by reason.",
+           [({"reason": k.split(":", 1)[1]}, v) for k, v in sorted(counters.items())
+            if k.startswith("rejected:")])
+    runs = {r["outcome"]: r for r in db.query(
+        "SELECT outcome, count(*) AS n, coalesce(sum((julianday(finished_at) - "
+        "julianday(started_at)) * 86400), 0) AS seconds FROM sync_runs GROUP BY outcome")}
+    family("sigsync_sync_runs_total", "counter", "Reconciliation passes, by outcome.",
+           [({"outcome": o}, runs[o]["n"] if o in runs else 0)
+            for o in ("ok", "failed", "skipped")])
+    finished = [r for o, r in runs.items() if o in ("ok", "failed")]
+    family("sigsync_sync_duration_seconds", "summary", "Time spent in reconciliation passes.",
+           [])
+    out.append(f"sigsync_sync_duration_seconds_sum {sum(r['seconds'] for r in finished):.6f}")
+    out.append(f"sigsync_sync_duration_seconds_count {sum(r['n'] for r in finished)}")
+    last = db.query("SELECT (julianday(finished_at) - julianday(started_at)) * 86400 AS s "
+                    "FROM sync_runs WHERE finished_at IS NOT NULL AND outcome <> 'skipped' "
+                    "ORDER BY run_id DESC LIMIT 1")
+    family("sigsync_sync_last_duration_seconds", "gauge", "Duration of the last pass.",
+           [({}, f"{last[0]['s']:.6f}" if last else "NaN")])
+    rows = health_query(db, "v_signal_gaps", now)
+    counts = {}
+    for r in rows:
+        counts[(r["gap"], r["severity"])] = counts.get((r["gap"], r["severity"]), 0) + 1
+    family("sigsync_open_gaps", "gauge", "Open gaps, by type and severity.",
+           [({"gap": g, "severity": sev}, n) for (g, sev), n in sorted(counts.items())])
+    summary = health_summary(db, now)
+    family("sigsync_health_score", "gauge", "Mean per-signal health score (NaN: no signals).",
+           [({"window": w}, "NaN" if summary[w]["score"] is None else summary[w]["score"])
+            for w in ("7d", "all")])
+    family("sigsync_job_failures_total", "counter", "Background job failures, by job.",
+           [({"job": j}, n) for j, n in sorted((job_failures or {}).items())])
+    return "\n".join(out) + "\n"
+
+
 # ============================================================================================
 # WEB APP
 # ============================================================================================
@@ -2212,6 +2417,18 @@ def make_app(db, clock, config):
         ok = not loop["late"]
         return _json_response({"ok": ok, "database": "ok", "loop": loop,
                                "version": __version__}, 200 if ok else 503)
+
+    @app.get("/metrics")
+    def api_metrics():
+        try:
+            require_read_token()
+            text = metrics_text(db, clock.now(), _job_failures)
+        except SigsyncError as error:
+            return _error_response(error)
+        except STORAGE_ERRORS as e:
+            return _error_response(StorageUnavailable(f"the database is unavailable: {e}"))
+        return bottle.HTTPResponse(text, 200, {
+            "Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
     def _default_error(error):
         bottle.response.content_type = "application/json"
@@ -2467,6 +2684,82 @@ def cmd_sync(args, config):
     return 0 if result["outcome"] in ("ok", "skipped") else 1
 
 
+def cmd_backup(args, config):
+    open_db(config.db).close()               # migrate/validate before copying
+    result = backup_to(config.db, args.dest)
+    print(f"backup: {result['pages']} pages, {result['bytes']} bytes -> {result['dest']}")
+    return 0
+
+
+def cmd_check(args, config):
+    db = open_db(config.db)
+    try:
+        result = check(db, now=Clock().now(), sample=args.sample)
+    finally:
+        db.close()
+    if args.json:
+        _print_json(result)
+    else:
+        print(f"integrity: {result['integrity']}; schema version {result['schema_version']} "
+              f"(this program: {schema_version()}); {result['signals_checked']} signals "
+              "compared with a fresh fold of their events")
+        for p in result["problems"]:
+            print(f"problem: {p}")
+        print("ok" if result["ok"] else f"{len(result['problems'])} problems")
+    return 0 if result["ok"] else 1
+
+
+def cmd_export(args, config):
+    if not args.events and not args.signals:
+        raise SigsyncError("say what to export: --events FILE and/or --signals FILE.csv "
+                           "('-' for standard output)")
+    db = open_db(config.db)
+    try:
+        for target, func, what in ((args.events, export_events, "requests"),
+                                   (args.signals, export_signals_csv, "signals")):
+            if not target:
+                continue
+            if target == "-":
+                n = func(db, sys.stdout)
+            else:
+                with open(target, "w", encoding="utf-8", newline="") as f:
+                    n = func(db, f)
+            print(f"exported {n} {what} to {target}", file=sys.stderr)
+    finally:
+        db.close()
+    return 0
+
+
+def cmd_import(args, config):
+    db = open_db(config.db)
+    tty = sys.stderr.isatty()
+    total = None
+    if tty and args.file != "-":
+        with open(args.file, encoding="utf-8") as f:
+            total = sum(1 for _ in f)
+
+    def progress(n, counts):
+        if tty and (n % 100 == 0 or n == total):
+            width = 30
+            done = int(width * n / total) if total else 0
+            bar = "#" * done + "." * (width - done)
+            sys.stderr.write(f"\rimport [{bar}] {n}/{total or '?'} lines, "
+                             f"{counts['stored']} stored, {counts['known']} already there")
+            sys.stderr.flush()
+
+    try:
+        stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
+        with stream:
+            counts = import_lines(db, stream, now=Clock().now(), progress=progress)
+    finally:
+        db.close()
+    if tty:
+        sys.stderr.write("\n")
+    print(f"import: {counts['lines']} lines, {counts['stored']} stored, {counts['known']} "
+          f"already there, {counts['rejected']} rejected (kept as dead letters)")
+    return 0 if counts["rejected"] == 0 else 1
+
+
 def cmd_health(args, config):
     db = open_db(config.db)
     try:
@@ -2559,6 +2852,19 @@ def build_parser():
                    "with new evidence")
     p.add_argument("--json", action="store_true")
     sub.add_parser("rebuild", parents=[common], help="recompute derived state from the log")
+    p = sub.add_parser("backup", parents=[common], help="consistent copy of the database, "
+                       "safe while serving")
+    p.add_argument("dest")
+    p = sub.add_parser("check", parents=[common], help="integrity, schema version, derived "
+                       "state against the log")
+    p.add_argument("--sample", type=int, default=200)
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("export", parents=[common], help="NDJSON of requests, CSV of signals")
+    p.add_argument("--events", help="NDJSON file of every accepted request ('-': stdout)")
+    p.add_argument("--signals", help="CSV file of the signals ('-': stdout)")
+    p = sub.add_parser("import", parents=[common], help="ingest NDJSON of raw bodies or of "
+                       "exported requests (idempotent)")
+    p.add_argument("file", help="NDJSON file ('-': standard input)")
     p = sub.add_parser("health", parents=[common], help="the health report; exit 1 under the "
                        "threshold")
     p.add_argument("--json", action="store_true")

@@ -1,0 +1,165 @@
+"""Operations (SPEC §6): backup under load, export/import, check, /metrics, graceful SIGTERM."""
+
+import datetime as dt
+import json
+import signal
+import threading
+import time
+
+import apsw
+import pytest
+
+import sigsync
+from conftest import START, open_database
+from test_durability import mfe_body, post_until_killed
+
+
+def test_backup_under_write_load_is_consistent_and_complete(server, run_cli, tmp_path):
+    db_path = tmp_path / "live.db"
+    s = server(db_path=db_path)
+    acked, stop = [], threading.Event()
+    bodies = [mfe_body(i, 7.0) for i in range(3000)]
+    writer = threading.Thread(target=post_until_killed, args=(s.url, bodies, acked, stop))
+    writer.start()
+    try:
+        while len(acked) < 200:
+            time.sleep(0.005)
+        acknowledged_before = list(acked)          # acknowledged before the backup started
+        code, out, err = run_cli("backup", "--db", db_path, tmp_path / "copy.db")
+        assert code == 0, err
+        assert out.startswith("backup: ") and len(acked) > len(acknowledged_before)
+    finally:
+        stop.set()
+        writer.join(timeout=30)
+    assert not list(tmp_path.glob("copy.db.tmp-*"))
+    copy = apsw.Connection(str(tmp_path / "copy.db"))
+    assert copy.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    stored = {r[0] for r in copy.execute("SELECT event_id FROM events")}
+    missing = [event_id for event_id, _ in acknowledged_before if event_id not in stored]
+    assert missing == []
+    copy.close()
+
+
+def test_export_then_import_reproduces_the_signals_and_a_second_import_adds_nothing(
+        tmp_path, run_cli):
+    origin = tmp_path / "origin.db"
+    end = START + dt.timedelta(hours=5)
+    with open_database(origin) as db:
+        sigsync.demo(db, start=START)
+        sigsync.sync_once(db, now=end)
+    code, _, err = run_cli("export", "--db", origin, "--events", tmp_path / "e.ndjson",
+                           "--signals", tmp_path / "s.csv")
+    assert code == 0, err
+    copy = tmp_path / "copy.db"
+    code, out, err = run_cli("import", "--db", copy, tmp_path / "e.ndjson")
+    assert code == 0, err
+    assert out.startswith("import: 258 lines, 257 stored, 1 already there")   # the resend
+    with open_database(copy) as db:
+        sigsync.sync_once(db, now=end)                # the same evidence, the same clock
+    compared = [c for c in sigsync.SIGNAL_COLUMNS if c != "fold_state"]
+
+    def signals(path):
+        with open_database(path) as db:
+            return db.query(f"SELECT {', '.join(compared)} FROM signals ORDER BY trade_id")
+
+    assert signals(copy) == signals(origin)
+    with open_database(copy) as db:
+        counts = {t: db.query(f"SELECT count(*) AS n FROM {t}")[0]["n"]
+                  for t in ("requests", "events")}
+    code, out, _ = run_cli("import", "--db", copy, tmp_path / "e.ndjson")
+    assert code == 0 and "0 stored, 258 already there" in out
+    with open_database(copy) as db:
+        assert {t: db.query(f"SELECT count(*) AS n FROM {t}")[0]["n"]
+                for t in ("requests", "events")} == counts
+    csv_lines = (tmp_path / "s.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("trade_id,id_time,") and len(csv_lines) == 26
+
+
+def test_import_of_raw_bodies_is_idempotent(tmp_path, run_cli):
+    lines = [json.dumps({"event_type": "ENTRY", "trade_id": "20251215_094200000_BULLISH",
+                         "direction": "Bullish", "entry_price": 25683.5}),
+             '{"broken',
+             json.dumps({"event_type": "HEARTBEAT", "timestamp": "2025-12-15T10:00:00"})]
+    (tmp_path / "raw.ndjson").write_text("\n".join(lines) + "\n")
+    code, out, _ = run_cli("import", "--db", tmp_path / "r.db", tmp_path / "raw.ndjson")
+    assert code == 1 and "3 lines, 2 stored, 0 already there, 1 rejected" in out
+    code, out, _ = run_cli("import", "--db", tmp_path / "r.db", tmp_path / "raw.ndjson")
+    assert "0 stored, 2 already there, 1 rejected" in out
+
+
+def test_check_finds_a_derived_row_that_disagrees_with_the_log(tmp_path, run_cli):
+    path = tmp_path / "c.db"
+    with open_database(path) as db:
+        sigsync.demo(db, start=START)
+    code, out, _ = run_cli("check", "--db", path)
+    assert code == 0 and out.strip().endswith("ok") and "integrity: ok; schema version 1" in out
+    with open_database(path) as db, db.write() as conn:
+        conn.execute("UPDATE signals SET no_be_mfe = 99 WHERE status = 'EXITED'")
+    code, out, _ = run_cli("check", "--db", path, "--sample", "1000")
+    assert code == 1 and "no_be_mfe: stored 99.0" in out
+
+
+def parse_metrics(text):
+    from prometheus_client.parser import text_string_to_metric_families
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_metrics_parse_and_move_when_events_arrive(server, tmp_path):
+    import urllib.request
+    s = server("--sync-seconds", "1", db_path=tmp_path / "m.db")
+
+    def scrape():
+        with urllib.request.urlopen(s.url + "/metrics", timeout=10) as r:
+            assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+            return parse_metrics(r.read().decode())
+
+    before = scrape()
+    assert before[("sigsync_events_total", (("type", "ENTRY"),))] == 0
+    body = {"event_type": "ENTRY", "trade_id": "20251215_094200000_BULLISH",
+            "direction": "Bullish", "symbol": "MNQ1!", "entry_price": 25683.5}
+    assert s.post(body)[0] == 200
+    assert s.post(body)[1]["duplicate"] is True
+    assert s.post(b"{broken")[0] == 400
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        after = scrape()
+        if after.get(("sigsync_sync_runs_total", (("outcome", "ok"),)), 0) >= 1:
+            break
+        time.sleep(0.1)
+    assert after[("sigsync_events_total", (("type", "ENTRY"),))] == 1
+    assert after[("sigsync_duplicates_total", ())] == 1
+    assert after[("sigsync_rejected_total", (("reason", "invalid_json"),))] == 1
+    assert after[("sigsync_sync_runs_total", (("outcome", "ok"),))] >= 1
+    assert after[("sigsync_sync_duration_seconds_count", ())] >= 1
+    assert after[("sigsync_open_gaps", (("gap", "no_signal_created"),
+                                        ("severity", "abnormal")))] == 1
+    assert 0 <= after[("sigsync_health_score", (("window", "all"),))] < 100
+
+
+def test_sigterm_during_a_stream_of_webhooks_loses_nothing_and_exits_0(server, tmp_path):
+    db_path = tmp_path / "term.db"
+    s = server(db_path=db_path)
+    acked, stop = [], threading.Event()
+    clients = [threading.Thread(target=post_until_killed,
+                                args=(s.url, [mfe_body(i, 3.0) for i in range(k, 4000, 4)],
+                                      acked, stop)) for k in range(4)]
+    for c in clients:
+        c.start()
+    while len(acked) < 300:
+        time.sleep(0.005)
+    s.proc.send_signal(signal.SIGTERM)
+    code = s.proc.wait(timeout=20)                     # the unit's TimeoutStopSec
+    stop.set()
+    for c in clients:
+        c.join(timeout=10)
+    assert code == 0
+    assert any("outcome=stopped" in line for line in s.log_lines)
+    with open_database(db_path) as db:
+        assert db.query("PRAGMA integrity_check")[0]["integrity_check"] == "ok"
+        stored = {r["event_id"] for r in db.query("SELECT event_id FROM events")}
+        assert [e for e, _ in acked if e not in stored] == []
+        assert db.query("SELECT count(*) AS n FROM sync_runs WHERE outcome = 'running'")[0][
+            "n"] == 0
+    again = server(db_path=db_path)                    # the next start finds a clean database
+    assert again.post(mfe_body(99999, 3.0))[0] == 200
