@@ -631,15 +631,28 @@ def _check_values(value, path):
         raise Rejected(f"{path}: {value.text} is not a valid value", "invalid_field")
     if isinstance(value, float) and not math.isfinite(value):
         raise Rejected(f"{path}: the number is out of range", "invalid_field")
+    if isinstance(value, str) and not _encodable(value):
+        raise Rejected(f"{path}: the text holds an invalid Unicode escape", "invalid_field")
     if isinstance(value, str) and _PLACEHOLDER.search(value):
         raise Rejected(f"{path}: unreplaced placeholder {value[:60]!r} (check the alert message)",
                        "invalid_field")
     if isinstance(value, dict):
         for k, v in value.items():
+            if not _encodable(k):
+                raise Rejected(f"{path}: a field name holds an invalid Unicode escape",
+                               "invalid_field")
             _check_values(v, f"{path}.{k}")
     elif isinstance(value, list):
         for i, v in enumerate(value):
             _check_values(v, f"{path}[{i}]")
+
+
+def _encodable(text):
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:           # a lone surrogate from a JSON \ud800 escape
+        return False
 
 
 _NUMBER = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$")
@@ -1042,7 +1055,7 @@ def load_signal(conn, trade_id):
     return row
 
 
-def save_signal(conn, row, *, now, run_id=None):
+def save_signal(conn, row, *, now, run_id=None, count_fills=True):
     """Write the row, and an audit row for every change queued on it."""
     conn.execute(_INSERT_SIGNAL, [
         _canonical(row[c]) if c in JSON_COLUMNS and row[c] is not None else row[c]
@@ -1056,7 +1069,7 @@ def save_signal(conn, row, *, now, run_id=None):
              None if a["old"] is None else _canonical(a["old"]),
              None if a["new"] is None else _canonical(a["new"]), a["source"], a["confidence"],
              a["tier"], a["reason"], None if a["evidence"] is None else _canonical(a["evidence"])))
-        if run_id is not None and a["new"] is not None:
+        if run_id is not None and a["new"] is not None and count_fills:
             _bump(conn, f"filled:{a['tier']}")
 
 
@@ -1306,7 +1319,7 @@ def _check_second_lifecycle(row, event):
 
 
 CANCEL_FIELDS = ("cancelled_at", "cancelled_by", "cancel_reason", "bars_pending")
-EXIT_FIELDS = ("exit_sl_at", "exit_price", "exit_reason")
+EXIT_FIELDS = ("exit_sl_at", "exit_price", "exit_reason", "exit_be_at", "be_exit_price")
 
 
 def retract(row, fields, reason, tier="ingest"):
@@ -1343,7 +1356,7 @@ def _derive_status(row):
     if "ENTRY" in types and "CANCELLED" in types:
         row["conflicts"]["entry_and_cancelled"] = {
             "event_ids": sorted([fs["first"]["ENTRY"][0], fs["first"]["CANCELLED"][0]])}
-    if types & {"EXIT_BE", "EXIT_SL"}:
+    if types & {"EXIT_BE", "EXIT_SL"} or fs.get("inferred_exit"):
         row["be_state"] = "STOPPED"
     elif fs.get("be_triggered") or (row["no_be_mfe"] or 0) >= 1.0:
         row["be_state"] = "TRIGGERED"      # the indicator's rule: BE arms at +1R
@@ -1575,7 +1588,8 @@ def _tier2_calculation(row, ctx):
     if sample is None:
         return changes
     age = (ctx.now - from_iso(sample["received_at"])).total_seconds()
-    since = entry_event[2] if entry_event and len(entry_event) > 2 else row["first_received_at"]
+    since = max(row["entry_received_at"] or row["first_received_at"],
+                row["last_update_at"] or "")      # newer than everything the trade said
     if age > ctx.fresh_seconds or sample["received_at"] < since:
         return changes                   # stale, or older than the trade: proves nothing
     r = sign * (sample["price"] - entry) / risk
@@ -1598,6 +1612,11 @@ def _tier2_calculation(row, ctx):
         changes += estimate(row, "exit_price", stop, "inferred", 0.7, "tier2", reason, evidence)
         changes += estimate(row, "exit_reason", "inferred_stop_crossed", "inferred", 0.7,
                             "tier2", reason, evidence)
+        if row["be_state"] == "TRIGGERED":    # the BE stop (the entry) was crossed on the way
+            changes += estimate(row, "exit_be_at", sample["received_at"], "inferred", 0.7,
+                                "tier2", reason, evidence)
+            changes += estimate(row, "be_exit_price", entry, "inferred", 0.7, "tier2", reason,
+                                evidence)
         _derive_status(row)
     return changes
 
@@ -1722,14 +1741,20 @@ def _sync_locked(db, now, trigger, full, fresh_seconds):
                         for tier, n in reconcile(row, ctx, tiers).items():
                             counts[tier] = counts.get(tier, 0) + n
                         if row.get("_audit"):
-                            save_signal(conn, row, now=iso(now), run_id=run_id)
+                            save_signal(conn, row, now=iso(now), run_id=run_id,
+                                        count_fills=trigger != "rebuild")
         outcome, error = "ok", None
     except Exception as e:       # recorded, logged and counted by the caller; never fatal
         outcome, error = "failed", f"{type(e).__name__}: {e}"
         log.exception("what=sync outcome=failed run_id=%s error=%r", run_id, e)
     changes = sum(counts.values())
     with db.write() as conn:
-        health = health_summary(db, now, conn=conn)
+        conn.execute("UPDATE sync_runs SET finished_at = ?, outcome = ?, examined = ?, "
+                     "changes = ?, counts = ?, error = ? WHERE run_id = ?",
+                     (iso(now + dt.timedelta(seconds=time.monotonic() - started)), outcome,
+                      examined, changes, _canonical(counts), error, run_id))
+    health = health_summary(db, now)          # on a reader: webhooks never wait for it
+    with db.write() as conn:
         conn.execute("UPDATE sync_runs SET finished_at = ?, outcome = ?, examined = ?, "
                      "changes = ?, counts = ?, error = ?, score_7d = ?, score_all = ?, "
                      "abnormal_gaps = ?, expected_gaps = ?, gaps_by_type = ? WHERE run_id = ?",
@@ -1795,12 +1820,15 @@ DERIVED_TABLES = ("signals", "bars", "symbol_prices", "symbol_activity", "signal
 def rebuild(db, *, now):
     """Recompute every derived table from the event log, then run one full pass.
 
-    The fold runs in one transaction; the pass re-makes the estimates that the evidence still
-    supports at `now` (a price that was fresh then may be stale now: the audit log keeps what
-    earlier passes did).
+    The fold runs in one transaction; the pass re-makes the estimates as of the last live pass
+    (so price freshness is judged as the loop judged it); fills it makes are audited but not
+    counted again in the per-tier totals.
     """
+    last = db.query("SELECT max(started_at) AS at FROM sync_runs WHERE outcome = 'ok' "
+                    "AND trigger <> 'rebuild'")[0]["at"]
+    as_of = from_iso(last) if last else now   # judge freshness as the live loop last did
     result = refold(db, now=now)
-    run = sync_once(db, now=now, trigger="rebuild", full=True)
+    run = sync_once(db, now=as_of, trigger="rebuild", full=True)
     return {**result, "changes": run["changes"]}
 
 
@@ -2240,7 +2268,7 @@ def make_app(db, clock, config):
         if offered is None:
             raise Rejected("a secret is required: add ?token=... to the webhook URL or a "
                            "\"secret\" field to the message", "unauthorized", 401)
-        if not isinstance(offered, str) or not hmac.compare_digest(
+        if not isinstance(offered, str) or not _encodable(offered) or not hmac.compare_digest(
                 offered.encode("utf-8"), config.secret.encode("utf-8")):
             raise Rejected("the secret does not match", "forbidden", 403)
 
@@ -2539,6 +2567,15 @@ class HttpServer:
         self.thread.start()
         return self
 
+    def _idle(self):
+        """No request in the app, none queued, no answer still being sent."""
+        try:
+            channels = list(self.server._map.values())    # the loop thread may change it
+        except RuntimeError:
+            return False
+        return self.app.count == 0 and not self.server.task_dispatcher.queue and not any(
+            getattr(ch, "total_outbufs_len", 0) for ch in channels)
+
     def stop(self, timeout=10.0):
         """Stop accepting, let requests in flight finish and their answers go out, then close."""
         import waitress.wasyncore as wasyncore
@@ -2546,10 +2583,7 @@ class HttpServer:
         server.trigger.pull_trigger(lambda: wasyncore.dispatcher.close(server))
         deadline = time.monotonic() + timeout
         dispatcher = server.task_dispatcher
-        while time.monotonic() < deadline:
-            if self.app.count == 0 and not dispatcher.queue and not any(
-                    getattr(ch, "total_outbufs_len", 0) for ch in list(server._map.values())):
-                break
+        while time.monotonic() < deadline and not self._idle():
             time.sleep(0.01)
         dispatcher.shutdown(cancel_pending=True, timeout=max(0.1, deadline - time.monotonic()))
         server.trigger.pull_trigger(lambda: wasyncore.close_all(server._map))
@@ -2644,7 +2678,10 @@ def serve(config, clock=None, stop=None):
     finally:
         _sd_notify("STOPPING=1")
         log.info("what=serve outcome=stopping")
-        server.stop()
+        try:
+            server.stop()
+        except Exception as e:       # still close the database cleanly
+            log.exception("what=serve outcome=stop_error error=%r", e)
         db.checkpoint()
         db.close()
         log.info("what=serve outcome=stopped")
@@ -2685,14 +2722,14 @@ def cmd_sync(args, config):
 
 
 def cmd_backup(args, config):
-    open_db(config.db).close()               # migrate/validate before copying
+    open_db(_existing(config.db)).close()               # migrate/validate before copying
     result = backup_to(config.db, args.dest)
     print(f"backup: {result['pages']} pages, {result['bytes']} bytes -> {result['dest']}")
     return 0
 
 
 def cmd_check(args, config):
-    db = open_db(config.db)
+    db = open_db(_existing(config.db))
     try:
         result = check(db, now=Clock().now(), sample=args.sample)
     finally:
@@ -2760,8 +2797,14 @@ def cmd_import(args, config):
     return 0 if counts["rejected"] == 0 else 1
 
 
+def _existing(path):
+    if not os.path.exists(path):
+        raise SigsyncError(f"no database at {path}")
+    return path
+
+
 def cmd_health(args, config):
-    db = open_db(config.db)
+    db = open_db(_existing(config.db))
     try:
         report = health_report(db, Clock().now())
     finally:
@@ -2775,7 +2818,7 @@ def cmd_health(args, config):
 
 
 def cmd_gaps(args, config):
-    db = open_db(config.db)
+    db = open_db(_existing(config.db))
     try:
         rows = open_gaps(db, Clock().now(), gap=args.gap, severity=args.severity,
                          trade_id=args.trade_id, limit=args.limit)

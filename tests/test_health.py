@@ -219,20 +219,24 @@ def test_the_seeds_scenario_low_for_the_right_reason_then_healthy(db, clock):
         send(db, clock, **created(tid(n)))
         send(db, clock, **entry(tid(n), mae_global_r=None,
                                 confirmation_time="2025-12-15T09:05:00"))
-        sigsync.sync_once(db, now=clock.now())
     report = sigsync.health_report(db, clock.now())
     w = report["windows"]["all"]
     by = w["gaps_by_type"]
     assert w["signals"] == 50
     assert by["no_htf_alignment"] == {"abnormal": 36, "expected": 0}
+    assert by["no_confirmation_time"] == {"abnormal": 36, "expected": 0}
     assert by["no_signal_created"]["abnormal"] == 36
-    assert by["no_targets"]["abnormal"] == 5 and by["no_stop_loss"]["abnormal"] == 5
+    # no pass since they arrived: the 36 and the 5, and the 2 newest, lack extended targets
+    assert by["no_targets"]["abnormal"] == 36 + 5 + 2 and by["no_stop_loss"]["abnormal"] == 5
     assert by["stale_mfe"] == {"abnormal": 0, "expected": 7}
     assert by["no_mae"] == {"abnormal": 0, "expected": 2}
     assert w["score"] < 85                            # low, and for the abnormal gaps only
     waiting = [r for r in sigsync.health_query(db, "signal_health_metrics", clock.now())
-               if r["gaps"] and ("stale_mfe" in r["gaps"] or "no_mae" in r["gaps"])]
-    assert len(waiting) == 9 and all(r["health_score"] == 100 for r in waiting)
+               if r["gaps"] and "stale_mfe" in r["gaps"]]
+    assert len(waiting) == 7 and all(r["health_score"] == 100 for r in waiting)
+    fresh = [r for r in sigsync.health_query(db, "signal_health_metrics", clock.now())
+             if r["gaps"] and "no_mae:expected" in r["gaps"]]
+    assert len(fresh) == 2 and all(r["health_score"] == 95 for r in fresh)  # no_targets only
     assert w["signal_coverage"] == round(14 / 50, 4)
 
     # the SIGNAL_CREATED events arrive, the batches carry the stops; one pass

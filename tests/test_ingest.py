@@ -265,3 +265,11 @@ def test_event_log_is_append_only_through_ingest(db, clock):
     for update in ({"entry_price": 1.0}, {"event_type": "CANCELLED"}, {"mae_global_r": -2}):
         sigsync.ingest(db, body(**{**ENTRY, **update}), now=clock.now())
     assert db.query("SELECT * FROM events WHERE event_id = 1") == before
+
+
+@pytest.mark.parametrize("raw", [b'{"event_type": "HEARTBEAT", "note": "\\ud800"}',
+                                 b'{"event_type": "HEARTBEAT", "\\udc00": 1}'])
+def test_lone_surrogate_escapes_are_refused_with_400(db, clock, raw):
+    with pytest.raises(sigsync.Rejected) as e:
+        sigsync.ingest(db, raw, now=clock.now())
+    assert e.value.status == 400 and "Unicode" in e.value.message

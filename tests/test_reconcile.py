@@ -85,8 +85,18 @@ def test_estimate_then_real_value_the_real_value_wins_and_is_audited(db, clock):
     assert row["signal_time"] == "2025-12-15T15:00:00.000Z"
     assert prov(row, "signal_time") == ["signal_created", 1.0]
     assert prov(row, "session") == ["signal_created", 1.0]
-    superseded = [a for a in audit(db, BULL) if a["tier"] == "ingest"]
-    assert superseded == [] or all(a["run_id"] is None for a in superseded)
+    # same values, better source: nothing to audit; a different received value is audited
+    assert [a for a in audit(db, BULL) if a["tier"] == "ingest"] == []
+    assert prov(row, "confirmation_time") == ["calculated", 0.8]
+    send(db, clock, event_type="MFE_UPDATE", trade_id=BULL,
+         confirmation_time="2025-12-15T09:59:00")      # a v3 batch element carries it
+    row = signal_row(db, BULL)
+    assert row["confirmation_time"] == "2025-12-15T14:59:00.000Z"
+    assert prov(row, "confirmation_time") == ["indicator", 1.0]
+    [superseded] = [a for a in audit(db, BULL) if a["tier"] == "ingest"]
+    assert superseded["field"] == "confirmation_time" and superseded["run_id"] is None
+    assert json.loads(superseded["old_value"]) == "2025-12-15T14:00:00.000Z"
+    assert "supersedes the calculated estimate" in superseded["reason"]
 
 
 def test_real_value_then_estimate_the_estimate_is_refused(db, clock):
@@ -347,7 +357,7 @@ def test_a_failing_pass_in_the_server_is_recorded_and_the_loop_and_webhooks_go_o
     fault = apsw.Connection(str(db_path))
     fault.setbusytimeout(5000)
     fault.execute("INSERT OR REPLACE INTO symbol_prices VALUES ('MNQ1!', 'not a number', "
-                  "strftime('%Y-%m-%dT%H:%M:%fZ', 'now'), 999, NULL)")
+                  "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '+1 hour'), 999, NULL)")
     assert s.post(entry(BULL, price=25681.0))[0] == 200      # touches the trade
     failed = wait_for(lambda: [r for r in runs(db_path) if r["outcome"] == "failed"])
     assert "TypeError" in failed[0]["error"]
@@ -375,3 +385,25 @@ def test_healthz_reports_a_late_loop(db, clock, config):
     assert response.status == 503 and response.json()["loop"]["late"] is True
     sigsync.sync_once(db, now=clock.now())
     assert app.get("/healthz").status == 200
+
+
+def test_an_inferred_stop_exit_also_stops_an_armed_break_even_leg(db, clock):
+    send(db, clock, **entry(BULL))                    # entry 25680, stop 25640
+    send(db, clock, event_type="BE_TRIGGERED", trade_id=BULL, no_be_mfe=1.0)
+    clock.advance(60)
+    send(db, clock, event_type="MFE_UPDATE", trade_id="20251215_090000000_BEARISH",
+         symbol="MNQ1!", current_price=25635.0)
+    sigsync.sync_once(db, now=clock.advance(10))
+    row = signal_row(db, BULL)
+    assert (row["status"], row["be_state"]) == ("EXITED", "STOPPED")
+    assert row["be_exit_price"] == 25680.0 and prov(row, "be_exit_price") == ["inferred", 0.7]
+
+
+def test_a_price_older_than_the_trades_own_update_infers_nothing(db, clock):
+    send(db, clock, **entry(BULL))
+    send(db, clock, event_type="MFE_UPDATE", trade_id="20251215_090000000_BEARISH",
+         symbol="MNQ1!", current_price=25600.0)
+    clock.advance(30)
+    send(db, clock, event_type="MFE_UPDATE", trade_id=BULL, no_be_mfe=0.2, mae_global_r=-0.1)
+    sigsync.sync_once(db, now=clock.advance(10))
+    assert signal_row(db, BULL)["status"] == "ACTIVE"
