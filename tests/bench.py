@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """sigsync benchmark: the webhook path against a bare durable insert and a bare 200 route.
 
-    python tests/bench.py [--quick] [--json FILE] [--profile] [--client python|wrk]
+    python tests/bench.py [--quick] [--json FILE] [--profile] [--client python|wrk] [--keep]
 
 What it measures, in one run against one server process (tests/bench_server.py: sigsync's real
 app from make_app, served by sigsync.HttpServer with the same waitress thread count as `serve`,
@@ -17,11 +17,14 @@ at concurrency 1, 8 and 32 (closed loop: each connection sends its next request 
 previous answer is complete; keep-alive), interleaved route by route, medians over repetitions.
 Then a burst of 1,000 distinct events at concurrency 32, checked afterwards in the `events`
 table, and "server choice": the same webhook load and a stalled-client check under waitress and
-under the stdlib wsgiref + ThreadingMixIn, each in its own process.
+under the stdlib wsgiref + ThreadingMixIn, each in its own process. Last, in-process and
+without HTTP, one webhook transaction (sigsync.ingest) against one raw insert: time, and the
+pages each writes to the WAL by b-tree (what COMMIT must fsync), to show where the gap is.
 
 Webhook bodies are distinct (a duplicate takes a cheaper path): ENTRY events for a pool of 200
 trade_ids (YYYYMMDD_HHMMSSmmm_BULLISH|BEARISH), sent before measuring, then MFE_UPDATE events of
-the original indicator's shape (~630 bytes; the ENTRY events are ~1,000) with varying excursions, price and event_timestamp.
+the original indicator's shape (~630 bytes; the ENTRY events ~1,000) with varying excursions,
+price and event_timestamp.
 
 Load generator (the choice, and why): the machine has 2 cores, so the client competes with the
 server for CPU. The default client is Python but not GIL-bound: a selectors event loop over
@@ -377,7 +380,8 @@ function request()
   local k = math.floor(seq / n)
   local offset_ms = 180000 + k
   local secs = t[7] + math.floor(offset_ms / 1000)
-  local stamp = os.date("!%%Y-%%m-%%dT%%H:%%M:%%S", secs) .. string.format(".%%03d", offset_ms %% 1000)
+  local stamp = os.date("!%%Y-%%m-%%dT%%H:%%M:%%S", secs) ..
+                string.format(".%%03d", offset_ms %% 1000)
   local no_be = ((seq * 7919) %% 400) / 100.0
   local be = math.min(no_be, ((seq * 104729) %% 200) / 100.0)
   local mae = -((seq * 15485863) %% 100) / 100.0
@@ -413,7 +417,8 @@ def wrk_load(port, path, conc, *, pool, seq0, duration, workdir, server_pid=None
         f.write(WRK_LUA % {"pool": "{" + rows + "}", "seq0": seq0, "threads": threads,
                            "template": _lua_string(MFE_TEMPLATE), "path": path})
     cpu0 = _proc_cpu(server_pid) if server_pid else float("nan")
-    proc = subprocess.run(["wrk", "-t", str(threads), "-c", str(conc), "-d", f"{max(1, round(duration))}s",
+    proc = subprocess.run(["wrk", "-t", str(threads), "-c", str(conc),
+                           "-d", f"{max(1, round(duration))}s",
                            "--timeout", "10s", "-s", script, f"http://{HOST}:{port}{path}"],
                           capture_output=True, text=True, timeout=duration + 60)
     cpu1 = _proc_cpu(server_pid) if server_pid else float("nan")
@@ -532,8 +537,8 @@ def stalled_check(port, n=20, timeout=30.0):
             stalled.append(s)
         time.sleep(0.5)
         try:
-            status, _, secs = post(port, ROUTES["webhook"], mfe_body(trade_pool("2025-12-17", 20), 2),
-                                   timeout=timeout)
+            status, _, secs = post(port, ROUTES["webhook"],
+                                   mfe_body(trade_pool("2025-12-17", 20), 2), timeout=timeout)
             return {"stalled": n, "status": status, "ms": secs * 1e3, "answered": True}
         except (socket.timeout, OSError) as e:
             return {"stalled": n, "status": None, "ms": None, "answered": False,
@@ -649,6 +654,19 @@ def _own_cpu():
     return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
 
 
+def _listen_overflows():
+    """The kernel's count of connections dropped because a listen queue was full."""
+    try:
+        with open("/proc/net/netstat") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return 0
+    for names, values in zip(lines[::2], lines[1::2]):
+        if names.startswith("TcpExt:"):
+            return int(dict(zip(names.split()[1:], values.split()[1:])).get("ListenOverflows", 0))
+    return 0
+
+
 def _dist_version(name):
     from importlib import metadata
     try:
@@ -732,18 +750,24 @@ def run(args):
             try:
                 send_entries(srv, pool)
                 runner.measure(srv, "webhook", 8, pool)       # warm-up
+                overflows = _listen_overflows()
                 bare = [runner.measure(srv, "bare", 8, pool) for _ in range(args.choice_reps)]
                 hook = [runner.measure(srv, "webhook", 8, pool) for _ in range(args.choice_reps)]
+                overflows = _listen_overflows() - overflows
                 stall = stalled_check(srv.port)
             finally:
                 srv.stop()
             choice[kind] = {"bare@8": summarise(bare), "webhook@8": summarise(hook),
-                            "stalled": stall}
+                            "stalled": stall, "listen_overflows": overflows,
+                            "max_ms": max(r["max_ms"] for r in bare + hook)}
             progress(f"server {kind}: webhook {choice[kind]['webhook@8']['rps']:.0f} req/s, "
                      f"stalled {stall}")
         results["server_choice"] = choice
 
-        # ---- 5. optional profile of the webhook path -------------------------------------
+        # ---- 5. where the webhook's transaction goes (in-process, no HTTP) ----------------
+        results["write_amplification"] = write_amplification(workdir, pool)
+
+        # ---- 6. optional profile of the webhook path -------------------------------------
         if args.profile:
             results["profile"] = profile_webhook(runner, workdir, pool)
     finally:
@@ -800,6 +824,63 @@ def verify_burst(r, items, db_path, rc):
             "server_exit_code": rc}
 
 
+def _wal_frames(path):
+    """Page numbers of the frames in a WAL file, in order."""
+    import struct
+    pages = []
+    with open(path + "-wal", "rb") as f:
+        header = f.read(32)
+        if len(header) < 32:
+            return pages
+        page_size = struct.unpack(">I", header[8:12])[0]
+        while True:
+            frame = f.read(24)
+            if len(frame) < 24:
+                return pages
+            pages.append(struct.unpack(">I", frame[:4])[0])
+            f.seek(page_size, 1)
+
+
+def write_amplification(workdir, pool, n=300):
+    """In-process, no HTTP: one webhook transaction (sigsync.ingest) against one raw insert --
+    time each and count the pages each writes to the WAL (what COMMIT must fsync), by b-tree."""
+    path = os.path.join(workdir, "amplification.db")
+    db = sigsync.open_db(path, autocheckpoint=False)
+    try:
+        clock = sigsync.Clock()
+        for t in pool:
+            sigsync.ingest(db, entry_body(t), now=clock.now())
+        for i in range(1000):
+            sigsync.ingest(db, mfe_body(pool, 900_000_000 + i), now=clock.now())
+        with db.write() as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS bench_raw(id INTEGER PRIMARY KEY, body BLOB)")
+        out = {}
+        for kind in ("webhook", "reference"):
+            db.writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            bodies = [mfe_body(pool, 910_000_000 + i) for i in range(n)]
+            t0, c0 = time.perf_counter(), time.process_time()
+            for body in bodies:
+                if kind == "webhook":
+                    sigsync.ingest(db, body, now=clock.now())
+                else:
+                    with db.write() as conn:
+                        conn.execute("INSERT INTO bench_raw(body) VALUES (?)", (body,))
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            frames = _wal_frames(path)
+            try:
+                owner = dict((p, name) for name, p in db.reader().execute(
+                    "SELECT name, pageno FROM dbstat"))
+            except apsw.Error:          # SQLite built without the dbstat table
+                owner = {}
+            by_btree = collections.Counter(owner.get(p, "(other)") for p in frames)
+            out[kind] = {"ms_per_txn": wall / n * 1e3, "cpu_ms_per_txn": cpu / n * 1e3,
+                         "wal_pages_per_txn": len(frames) / n,
+                         "by_btree": {k: v / n for k, v in by_btree.most_common()}}
+        return out
+    finally:
+        db.close()
+
+
 def profile_webhook(runner, workdir, pool):
     """cProfile of the webhook path in the server (per worker thread, merged), c=8."""
     import io
@@ -833,9 +914,11 @@ def report(results):
       f"SQLite {env['sqlite']} (apsw {env['apsw']}), waitress {env['waitress']} "
       f"({env['threads']} threads), bottle {env['bottle']}; database on {env['db_filesystem']}, "
       "WAL, synchronous=FULL.")
+    runs = (f"runs of {max(1, round(s['duration_s'] + s['warmup_s']))} s (no warm-up)"
+            if s["client"] == "wrk" else
+            f"runs of {s['duration_s']:g} s (after {s['warmup_s']:g} s warm-up each)")
     w(f"Load: {s['client']} client on the same machine, closed loop, keep-alive, 127.0.0.1; "
-      f"medians of {s['repetitions']} runs of {s['duration_s']:g} s (after "
-      f"{s['warmup_s']:g} s warm-up each), routes interleaved.")
+      f"medians of {s['repetitions']} {runs}, routes interleaved.")
     w("")
     w("| route | concurrency | req/s | p50 ms | p99 ms | server CPU ms/req |")
     w("|---|---:|---:|---:|---:|---:|")
@@ -878,7 +961,8 @@ def report(results):
             w(f"- {route}: wrk {wk['rps']:,.0f} req/s (p50 {wk['p50_ms']:.2f} ms, p99 "
               f"{wk['p99_ms']:.2f} ms), Python client {py['rps']:,.0f} req/s (p50 "
               f"{py['p50_ms']:.2f} ms, p99 {py['p99_ms']:.2f} ms; client CPU "
-              f"{x['python_client_cpu_us_per_req']:.0f} us/req){' WARNING ' + str(odd) if odd else ''}")
+              f"{x['python_client_cpu_us_per_req']:.0f} us/req)"
+              + (f" WARNING {odd}" if odd else ""))
     b = results.get("burst")
     if b:
         w("")
@@ -890,15 +974,25 @@ def report(results):
           f"after stopping the server, {b['verified_in_events']:,} of {b['ok_2xx']:,} were found "
           f"in `events` by event_id with the content sent ({b['missing']} missing, "
           f"{b['mismatched']} different, {b['duplicates']} answered as duplicates).")
+    wa = results.get("write_amplification")
+    if wa:
+        a, r = wa["webhook"], wa["reference"]
+        top = ", ".join(f"{k} {v:.1f}" for k, v in list(a["by_btree"].items())[:8])
+        w("")
+        w(f"One transaction in-process (no HTTP), {a['ms_per_txn']:.2f} ms for the webhook's "
+          f"(ingest: {a['cpu_ms_per_txn']:.2f} ms CPU) against {r['ms_per_txn']:.2f} ms for the "
+          f"raw insert ({r['cpu_ms_per_txn']:.2f} ms CPU). Pages written to the WAL per "
+          f"transaction, which COMMIT must fsync: {a['wal_pages_per_txn']:.1f} against "
+          f"{r['wal_pages_per_txn']:.1f}; by b-tree: {top}.")
     ch = results.get("server_choice")
     if ch:
         w("")
         w("Server choice (each in its own process, fresh database, c=8, medians of "
           f"{ch['waitress']['webhook@8']['runs']} runs):")
         w("")
-        w("| server | bare req/s | webhook req/s | webhook p99 ms | 20 stalled clients: "
-          "a normal POST |")
-        w("|---|---:|---:|---:|---|")
+        w("| server | bare req/s | webhook req/s | webhook p99 ms | slowest answer ms "
+          "(listen queue overflows) | 20 stalled clients: a normal POST |")
+        w("|---|---:|---:|---:|---:|---|")
         labels = {"waitress": "waitress (sigsync.HttpServer, 4 threads)",
                   "wsgiref": "wsgiref + ThreadingMixIn (a thread per connection; HTTP/1.0, "
                              "so a new connection per request)"}
@@ -907,7 +1001,8 @@ def report(results):
             stall = (f"answered {st['status']} in {st['ms']:.1f} ms" if st["answered"]
                      else f"not answered ({st['error']})")
             w(f"| {labels[kind]} | {x['bare@8']['rps']:,.0f} | {x['webhook@8']['rps']:,.0f} | "
-              f"{x['webhook@8']['p99_ms']:.2f} | {stall} |")
+              f"{x['webhook@8']['p99_ms']:.2f} | {x['max_ms']:.0f} ({x['listen_overflows']}) | "
+              f"{stall} |")
     w("")
     w(f"(whole benchmark: {results['elapsed_s']:.0f} s; other processes used "
       f"{env['other_cpu_share'] * 100:.0f} % of one core meanwhile; 1-minute load average "
