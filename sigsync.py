@@ -1676,10 +1676,6 @@ def reconcile(row, ctx, tiers):
     return counts
 
 
-class PassSkipped(SigsyncError):
-    code = "sync_skipped"
-
-
 _pass_lock = threading.Lock()
 
 
@@ -2055,7 +2051,7 @@ def check(db, *, now, sample=200, seed=None):
     compared = ("status", "be_state", "event_count", "has_entry", "has_signal_created",
                 "first_received_at", "last_received_at", "no_be_mfe", "be_mfe", "mae")
     for trade_id in chosen:
-        stored = signal_row_of(db, trade_id)
+        stored = load_signal(db.reader(), trade_id)
         fresh = None
         for e in db.query("SELECT event_id, received_at, event_type, trade_id, payload, "
                           "dedup_key FROM events WHERE trade_id = ? ORDER BY event_id",
@@ -2063,29 +2059,24 @@ def check(db, *, now, sample=200, seed=None):
             e["payload"] = json.loads(e["payload"])
             fresh = fresh or new_signal(trade_id, e["received_at"])
             fold(fresh, e)
+        if fresh is None:
+            problems.append(f"{trade_id}: a signal without events")
+            continue
+        inferred = stored["fold_state"].get("inferred_cancel") or \
+            stored["fold_state"].get("inferred_exit")
         for field in SIGNAL_COLUMNS:
-            source = stored["provenance"].get(field)
-            received = source is not None and source[1] >= 1.0 and source[0] != "calculated"
-            if field in compared and stored["provenance"].get(field, ["", 0])[1] < 1.0:
-                continue                         # an estimate of a pass: not from the log
-            if (field in compared or received) and fresh is not None \
-                    and stored[field] != fresh[field]:
-                if field == "status" and stored["fold_state"].get("inferred_cancel") \
-                        or field == "status" and stored["fold_state"].get("inferred_exit"):
-                    continue
+            prov = stored["provenance"].get(field)
+            if prov is not None and prov[1] < 1.0:
+                continue                     # an estimate of a pass: not in the log
+            if field not in compared and (prov is None or prov[0] == "calculated"):
+                continue                     # bookkeeping, or a pass's exact arithmetic
+            if field in ("status", "be_state") and inferred:
+                continue                     # follows from an inference, not from the log
+            if stored[field] != fresh[field]:
                 problems.append(f"{trade_id}.{field}: stored {stored[field]!r}, "
                                 f"log says {fresh[field]!r}")
     return {"integrity": integrity[0] if integrity else None, "schema_version": version,
             "signals_checked": len(chosen), "problems": problems, "ok": not problems}
-
-
-def signal_row_of(db, trade_id):
-    row = dict(zip(SIGNAL_COLUMNS, db.reader().execute(_SELECT_SIGNAL, (trade_id,))
-                   .fetchall()[0]))
-    for col in JSON_COLUMNS:
-        if row[col] is not None:
-            row[col] = json.loads(row[col])
-    return row
 
 
 def export_events(db, out):

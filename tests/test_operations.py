@@ -163,3 +163,14 @@ def test_sigterm_during_a_stream_of_webhooks_loses_nothing_and_exits_0(server, t
             "n"] == 0
     again = server(db_path=db_path)                    # the next start finds a clean database
     assert again.post(mfe_body(99999, 3.0))[0] == 200
+
+
+def test_check_compares_fields_that_carry_no_provenance(tmp_path, run_cli):
+    path = tmp_path / "c2.db"
+    with open_database(path) as db:
+        sigsync.demo(db, start=START)
+        with db.write() as conn:
+            conn.execute("UPDATE signals SET event_count = event_count + 1 "
+                         "WHERE trade_id = (SELECT min(trade_id) FROM signals)")
+    code, out, _ = run_cli("check", "--db", path, "--sample", "1000")
+    assert code == 1 and ".event_count: stored " in out and "1 problems" in out
