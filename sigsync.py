@@ -18,6 +18,7 @@ One process, one SQLite file. Sections, in dependency order (search for the bann
 """
 
 import argparse
+import base64
 import dataclasses
 import datetime as dt
 import hashlib
@@ -2192,9 +2193,269 @@ def metrics_text(db, now, job_failures=None):
 
 
 # ============================================================================================
+# READ MODEL
+# ============================================================================================
+# What the page, the read API and `sigsync.py signals` list. One row per signal, newest first
+# (by the time in its trade_id, which every signal has), keyset-paginated so page 1,000 costs
+# what page 1 costs.
+
+STATUS_FILTERS = {"pending": ("PENDING",), "active": ("ACTIVE",), "exited": ("EXITED",),
+                  "cancelled": ("CANCELLED",), "confirmed": ("ACTIVE", "EXITED")}
+LIST_COLUMNS = [
+    "trade_id", "status", "be_state", "symbol", "direction", "timeframe", "session",
+    "signal_time", "signal_date", "entry_price", "stop_loss", "risk", "no_be_mfe", "be_mfe",
+    "mae", "final_mfe", "htf_alignment", "confirmation_time", "exit_reason", "exit_price",
+    "cancelled_at", "event_count", "last_received_at"]
+CANCELLED_COLUMNS = ["trade_id", "symbol", "direction", "session", "signal_time",
+                     "cancelled_at", "cancelled_by", "cancel_reason", "bars_pending"]
+
+
+@dataclasses.dataclass
+class SignalFilter:
+    """The filters of the all-signals list, validated. Times are UTC ISO strings."""
+    statuses: tuple = ()
+    direction: str = None
+    sessions: tuple = ()
+    symbol: str = None
+    since: str = None          # inclusive
+    until: str = None          # exclusive
+    q: str = None
+    limit: int = 100
+    cursor: tuple = None       # (id_time, trade_id) of the last row of the previous page
+
+    @classmethod
+    def parse(cls, get):
+        """From query parameters (`get(name)` -> str or None). Raises BadRequest."""
+        f = cls()
+        raw = (get("status") or "").strip()
+        if raw:
+            statuses = []
+            for part in raw.split(","):
+                key = part.strip().lower()
+                if key not in STATUS_FILTERS:
+                    raise BadRequest(f"status: unknown status {part.strip()[:20]!r} (expected "
+                                     f"{', '.join(STATUS_FILTERS)})")
+                statuses.extend(s for s in STATUS_FILTERS[key] if s not in statuses)
+            f.statuses = tuple(statuses)
+        raw = (get("direction") or "").strip()
+        if raw:
+            if raw.capitalize() not in ("Bullish", "Bearish"):
+                raise BadRequest(f"direction: expected Bullish or Bearish, got {raw[:20]!r}")
+            f.direction = raw.capitalize()
+        raw = (get("session") or "").strip()
+        if raw:
+            sessions = []
+            for part in raw.split(","):
+                name = part.strip().upper().replace("_", " ")
+                name = "AFTER_HOURS" if name == "AFTER HOURS" else name
+                if name not in SESSIONS:
+                    raise BadRequest(f"session: unknown session {part.strip()[:20]!r} (expected "
+                                     f"one of {', '.join(SESSIONS)})")
+                sessions.append(name)
+            f.sessions = tuple(sessions)
+        f.symbol = (get("symbol") or "").strip() or None
+        f.since = _filter_time(get("since"), "since", end=False)
+        f.until = _filter_time(get("until"), "until", end=True)
+        f.q = (get("q") or "").strip() or None
+        raw = get("limit")
+        if raw not in (None, ""):
+            try:
+                f.limit = int(raw)
+            except ValueError:
+                raise BadRequest(f"limit: expected a whole number, got {raw[:20]!r}")
+            if not 1 <= f.limit <= 1000:
+                raise BadRequest("limit: must be between 1 and 1000")
+        raw = get("cursor")
+        if raw:
+            f.cursor = decode_cursor(raw)
+        return f
+
+    def where(self, *, statuses=True):
+        """(SQL condition, parameters) for every filter but the cursor."""
+        clauses, params = [], {}
+        if statuses and self.statuses:
+            names = [f"st{i}" for i in range(len(self.statuses))]
+            clauses.append(f"status IN ({', '.join(':' + n for n in names)})")
+            params.update(zip(names, self.statuses))
+        if self.sessions:
+            names = [f"se{i}" for i in range(len(self.sessions))]
+            clauses.append(f"session IN ({', '.join(':' + n for n in names)})")
+            params.update(zip(names, self.sessions))
+        for column, value in (("direction", self.direction), ("symbol", self.symbol)):
+            if value is not None:
+                clauses.append(f"{column} = :{column}")
+                params[column] = value
+        if self.since:
+            clauses.append("id_time >= :since")
+            params["since"] = self.since
+        if self.until:
+            clauses.append("id_time < :until")
+            params["until"] = self.until
+        if self.q:
+            clauses.append("instr(upper(trade_id), upper(:q)) > 0")
+            params["q"] = self.q
+        return (" AND ".join(clauses) or "1"), params
+
+
+def _filter_time(raw, name, *, end):
+    """A since/until parameter: a New York calendar date (the whole day) or an instant."""
+    raw = (raw or "").strip()
+    if not raw:
+        return None
+    if re.fullmatch(r"\d{4}-\d{2}-\d{2}", raw):
+        try:
+            day = dt.date.fromisoformat(raw)
+        except ValueError:
+            raise BadRequest(f"{name}: not a date: {raw!r}")
+        if end:
+            day += dt.timedelta(days=1)
+        return iso(ny_local_to_utc(dt.datetime.combine(day, dt.time())))
+    try:
+        moment = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadRequest(f"{name}: expected YYYY-MM-DD (New York date) or an ISO time, "
+                         f"got {raw[:40]!r}")
+    if moment.tzinfo is None:
+        raise BadRequest(f"{name}: an instant needs Z or an offset, got {raw[:40]!r}")
+    return iso(moment)
+
+
+def encode_cursor(id_time, trade_id):
+    text = json.dumps([id_time, trade_id], separators=(",", ":"))
+    return base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+
+def decode_cursor(raw):
+    try:
+        padded = raw + "=" * (-len(raw) % 4)
+        value = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")).decode())
+        if (isinstance(value, list) and len(value) == 2
+                and all(isinstance(v, str) for v in value)):
+            return tuple(value)
+    except (ValueError, UnicodeError):
+        pass
+    raise BadRequest("cursor: not a cursor this server handed out (start again without it)")
+
+
+def _page(db, select, f, *, statuses=True):
+    """Rows of one page and the cursor of the next, newest first."""
+    where, params = f.where(statuses=statuses)
+    if f.cursor:
+        where += " AND (id_time, trade_id) < (:c_time, :c_id)"
+        params.update(c_time=f.cursor[0], c_id=f.cursor[1])
+    rows = db.query(f"SELECT id_time, {select} FROM signals WHERE {where} "
+                    "ORDER BY id_time DESC, trade_id DESC LIMIT :limit",
+                    {**params, "limit": f.limit + 1})
+    more = len(rows) > f.limit
+    rows = rows[:f.limit]
+    cursor = encode_cursor(rows[-1]["id_time"], rows[-1]["trade_id"]) if more else None
+    for r in rows:
+        del r["id_time"]
+    return rows, cursor
+
+
+def signal_summary(db, f):
+    """Counts by status over every filter but status (so each status keeps its count)."""
+    where, params = f.where(statuses=False)
+    counts = {s: 0 for s in ("PENDING", "ACTIVE", "EXITED", "CANCELLED")}
+    for r in db.query(f"SELECT status, count(*) AS n FROM signals WHERE {where} "
+                      "GROUP BY status", params):
+        counts[r["status"]] = r["n"]
+    total = sum(counts.values())
+    confirmed = counts["ACTIVE"] + counts["EXITED"]
+    return {"total": total, "pending": counts["PENDING"], "active": counts["ACTIVE"],
+            "exited": counts["EXITED"], "cancelled": counts["CANCELLED"],
+            "confirmation_rate": round(confirmed / total, 4) if total else None}
+
+
+def signal_health(db, now, trade_ids):
+    """{trade_id: (health_score, open_gaps, abnormal_gaps)} from signal_health_metrics."""
+    if not trade_ids:
+        return {}
+    marks = ", ".join(f":t{i}" for i in range(len(trade_ids)))
+    rows = health_query(db, "signal_health_metrics", now, f"WHERE trade_id IN ({marks})",
+                        {f"t{i}": t for i, t in enumerate(trade_ids)})
+    return {r["trade_id"]: r for r in rows}
+
+
+def list_signals(db, now, f):
+    """The all-signals answer: one page of rows, the next cursor, the summary."""
+    rows, cursor = _page(db, ", ".join(LIST_COLUMNS), f)
+    health = signal_health(db, now, [r["trade_id"] for r in rows])
+    for r in rows:
+        r["htf_alignment"] = json.loads(r["htf_alignment"]) if r["htf_alignment"] else None
+        h = health.get(r["trade_id"], {})
+        r["health_score"] = h.get("health_score", 100)
+        r["open_gaps"] = h.get("open_gaps", 0)
+        r["abnormal_gaps"] = h.get("abnormal_gaps", 0)
+    return {"signals": rows, "count": len(rows), "next_cursor": cursor,
+            "summary": signal_summary(db, f)}
+
+
+def list_cancelled(db, f):
+    """Cancelled signals with who cancelled them and how sure that is."""
+    f = dataclasses.replace(f, statuses=("CANCELLED",))
+    rows, cursor = _page(db, ", ".join(CANCELLED_COLUMNS) + ", provenance", f)
+    for r in rows:
+        source, confidence = json.loads(r.pop("provenance")).get("cancelled_at", (None, None))
+        r["data_source"], r["confidence"] = source, confidence
+    total = db.query("SELECT count(*) AS n FROM signals WHERE " + f.where()[0], f.where()[1])
+    return {"signals": rows, "count": len(rows), "next_cursor": cursor, "total": total[0]["n"]}
+
+
+def signal_detail(db, now, trade_id):
+    """Everything known about one signal: fields with provenance, events, audit, gaps."""
+    rows = db.query("SELECT * FROM signals WHERE trade_id = ?", (trade_id,))
+    if not rows:
+        raise NotFound(f"no signal {trade_id!r}")
+    signal_row = _signal_out(rows[0])
+    provenance = signal_row.pop("provenance")
+    fields = {}
+    for name in SIGNAL_COLUMNS:
+        if name in ("provenance", "conflicts", "fold_state", "trade_id"):
+            continue
+        source, confidence = provenance.get(name, (None, None))
+        fields[name] = {"value": signal_row[name], "data_source": source,
+                        "confidence": confidence}
+    events = db.query(
+        "SELECT e.event_id, e.event_type, e.received_at, e.event_time, e.batch_index, "
+        "e.payload, r.raw_body, r.content_type, r.source FROM events AS e "
+        "JOIN requests AS r USING (request_id) WHERE e.trade_id = ? ORDER BY e.event_id",
+        (trade_id,))
+    for e in events:
+        e["payload"] = json.loads(e["payload"])
+        e["raw_body"] = bytes(e["raw_body"]).decode("utf-8", "replace")
+    audit = db.query("SELECT audit_id, run_id, created_at, field, old_value, new_value, "
+                     "data_source, confidence, tier, reason, evidence FROM sync_audit_log "
+                     "WHERE trade_id = ? ORDER BY audit_id", (trade_id,))
+    for a in audit:
+        for col in ("old_value", "new_value", "evidence"):
+            a[col] = json.loads(a[col]) if a[col] is not None else None
+    health = signal_health(db, now, [trade_id]).get(trade_id, {})
+    return {"trade_id": trade_id, "status": signal_row["status"],
+            "be_state": signal_row["be_state"], "health_score": health.get("health_score", 100),
+            "fields": fields, "conflicts": signal_row["conflicts"], "events": events,
+            "audit": audit, "gaps": open_gaps(db, now, trade_id=trade_id)}
+
+
+def list_bars(db, symbol, since=None, until=None, limit=5000):
+    clauses, params = ["symbol = :symbol"], {"symbol": symbol, "limit": limit}
+    if since:
+        clauses.append("time >= :since")
+        params["since"] = since
+    if until:
+        clauses.append("time < :until")
+        params["until"] = until
+    rows = db.query(f"SELECT time, timeframe, open, high, low, close FROM bars "
+                    f"WHERE {' AND '.join(clauses)} ORDER BY time LIMIT :limit", params)
+    return {"symbol": symbol, "count": len(rows), "bars": rows}
+
+
+# ============================================================================================
 # WEB APP
 # ============================================================================================
 
+STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 WEBHOOK_PATHS = ("/api/automated-signals/webhook", "/api/automated-signals", "/webhook")
 
 
@@ -2350,32 +2611,42 @@ def make_app(db, clock, config):
         wrapper.__name__ = handler.__name__
         return wrapper
 
+    def query_get(name):
+        raw = bottle.request.query.get(name)    # Bottle hands query values over as latin-1
+        if raw is None:
+            return None
+        try:
+            return raw.encode("latin-1").decode("utf-8")
+        except UnicodeError:
+            raise BadRequest(f"{name}: not valid UTF-8")
+
+    @app.get("/api/automated-signals/all-signals")
+    @reading
+    def api_all_signals():
+        return list_signals(db, clock.now(), SignalFilter.parse(query_get))
+
+    @app.get("/api/automated-signals/cancelled-signals")
+    @reading
+    def api_cancelled_signals():
+        f = SignalFilter.parse(query_get)
+        if f.statuses:
+            raise BadRequest("status: this list holds only cancelled signals")
+        return list_cancelled(db, f)
+
     @app.get("/api/signals/<trade_id>")
     @reading
     def api_signal(trade_id):
-        rows = db.query("SELECT * FROM signals WHERE trade_id = ?", (trade_id,))
-        if not rows:
-            raise NotFound(f"no signal {trade_id!r}")
-        signal_row = _signal_out(rows[0])
-        provenance = signal_row.pop("provenance")
-        fields = {}
-        for name in SIGNAL_COLUMNS:
-            if name in ("provenance", "conflicts", "fold_state", "trade_id"):
-                continue
-            source, confidence = provenance.get(name, (None, None))
-            fields[name] = {"value": signal_row[name], "data_source": source,
-                            "confidence": confidence}
-        events = db.query(
-            "SELECT e.event_id, e.event_type, e.received_at, e.event_time, e.batch_index, "
-            "e.payload, r.raw_body, r.content_type, r.source FROM events AS e "
-            "JOIN requests AS r USING (request_id) WHERE e.trade_id = ? ORDER BY e.event_id",
-            (trade_id,))
-        for e in events:
-            e["payload"] = json.loads(e["payload"])
-            e["raw_body"] = bytes(e["raw_body"]).decode("utf-8", "replace")
-        return {"trade_id": trade_id, "status": signal_row["status"],
-                "be_state": signal_row["be_state"], "fields": fields,
-                "conflicts": signal_row["conflicts"], "events": events}
+        return signal_detail(db, clock.now(), trade_id)
+
+    @app.get("/api/bars")
+    @reading
+    def api_bars():
+        symbol = (query_get("symbol") or "").strip()
+        if not symbol:
+            raise BadRequest("symbol: required")
+        return list_bars(db, symbol, _filter_time(query_get("since"), "since", end=False),
+                         _filter_time(query_get("until"), "until", end=True),
+                         _int_param("limit", 5000, 1, 20000))
 
     @app.get("/api/health")
     @reading
@@ -2421,6 +2692,17 @@ def make_app(db, clock, config):
             r["raw_body"] = bytes(r["raw_body"]).decode("utf-8", "replace")
         total = db.query("SELECT count(*) AS n FROM rejected")[0]["n"]
         return {"total": total, "rejected": rows}
+
+    # The page: static files, no build step. Served without the read token (they hold no
+    # data); the page sends the token it was opened with to the API.
+    @app.get("/")
+    def page_index():
+        return bottle.static_file("index.html", root=STATIC_DIR,
+                                  headers={"Cache-Control": "no-cache"})
+
+    @app.get("/static/<path:path>")
+    def page_static(path):
+        return bottle.static_file(path, root=STATIC_DIR, headers={"Cache-Control": "no-cache"})
 
     started_at = clock.now()
 
@@ -2825,6 +3107,36 @@ def cmd_gaps(args, config):
     return 0
 
 
+def cmd_signals(args, config):
+    db = open_db(_existing(config.db))
+    try:
+        params = {"status": args.status, "direction": args.direction, "session": args.session,
+                  "symbol": args.symbol, "since": args.since, "until": args.until, "q": args.q,
+                  "limit": str(args.limit), "cursor": args.cursor}
+        f = SignalFilter.parse(params.get)
+        answer = list_signals(db, Clock().now(), f)
+    finally:
+        db.close()
+    if args.json:
+        _print_json(answer)
+        return 0
+    def num(value, fmt):
+        return "-" if value is None else format(value, fmt)
+    for r in answer["signals"]:
+        when = (from_iso(r["signal_time"]).astimezone(NEW_YORK).strftime("%Y-%m-%d %H:%M %Z")
+                if r["signal_time"] else "-")
+        print(f"{r['trade_id']:<27} {r['status']:<9} {when:<20} {r['session'] or '-':<11} "
+              f"{r['symbol'] or '-':<8} entry {num(r['entry_price'], '.2f'):>9} "
+              f"MFE {num(r['no_be_mfe'], '.2f'):>5}R MAE {num(r['mae'], '.2f'):>5}R "
+              f"health {r['health_score']}")
+    summary = answer["summary"]
+    matching = (sum(summary[s.lower()] for s in f.statuses) if f.statuses
+                else summary["total"])
+    print(f"{answer['count']} of {matching} signals"
+          + (f"; next page: --cursor {answer['next_cursor']}" if answer["next_cursor"] else ""))
+    return 0
+
+
 def cmd_rebuild(args, config):
     db = open_db(config.db)
     try:
@@ -2907,6 +3219,18 @@ def build_parser():
     p.add_argument("--severity", choices=["expected", "abnormal"])
     p.add_argument("--trade-id", dest="trade_id")
     p.add_argument("--limit", type=int, default=1000)
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("signals", parents=[common], help="list signals, newest first (the "
+                       "filters of GET /api/automated-signals/all-signals)")
+    p.add_argument("--status", help="comma list: pending, active, exited, cancelled, confirmed")
+    p.add_argument("--direction", help="Bullish or Bearish")
+    p.add_argument("--session", help="comma list of sessions, e.g. 'NY AM,NY PM'")
+    p.add_argument("--symbol")
+    p.add_argument("--since", help="YYYY-MM-DD (New York date) or an ISO instant")
+    p.add_argument("--until", help="YYYY-MM-DD (New York date, inclusive) or an ISO instant")
+    p.add_argument("--q", help="part of a trade_id")
+    p.add_argument("--limit", type=int, default=100, help="1..1000")
+    p.add_argument("--cursor", help="the next page, as printed by the previous one")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("replay-rejected", parents=[common], help="re-ingest dead letters")
     p.add_argument("ids", nargs="*", type=int, help="only these dead letters")
