@@ -319,6 +319,15 @@ def test_read_endpoints_need_the_read_token_beyond_loopback(db, clock, tmp_path)
     assert app.get(ALL + "?token=r3ad").status == 200
 
 
+def test_the_page_is_served_at_the_root_and_files_cannot_escape_static(app):
+    r = app.get("/")
+    assert r.status == 200 and r.headers["Content-Type"].startswith("text/html")
+    assert b"<html" in r.data.lower()
+    assert app.get("/static/../sigsync.py").status in (403, 404)
+    assert app.get("/static/%2e%2e/sigsync.py").status in (403, 404)
+    assert app.get("/static/no-such-file.js").status == 404
+
+
 def test_signals_command_lists_with_the_same_filters(loaded, db, config, capsys):
     code = sigsync.main(["signals", "--db", config.db, "--status", "confirmed",
                          "--symbol", "MNQ1!", "--limit", "1000", "--json"])
