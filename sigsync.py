@@ -22,8 +22,10 @@ import base64
 import dataclasses
 import datetime as dt
 import hashlib
+import heapq
 import hmac
 import ipaddress
+import itertools
 import json
 import logging
 import math
@@ -2199,6 +2201,7 @@ def metrics_text(db, now, job_failures=None):
 # (by the time in its trade_id, which every signal has), keyset-paginated so page 1,000 costs
 # what page 1 costs.
 
+SIGNAL_STATUSES = ("PENDING", "ACTIVE", "EXITED", "CANCELLED")
 STATUS_FILTERS = {"pending": ("PENDING",), "active": ("ACTIVE",), "exited": ("EXITED",),
                   "cancelled": ("CANCELLED",), "confirmed": ("ACTIVE", "EXITED")}
 LIST_COLUMNS = [
@@ -2337,15 +2340,23 @@ def decode_cursor(raw):
     raise BadRequest("cursor: not a cursor this server handed out (start again without it)")
 
 
-def _page(db, select, f, *, statuses=True):
-    """Rows of one page and the cursor of the next, newest first."""
-    where, params = f.where(statuses=statuses)
+def _page(db, select, f):
+    """Rows of one page and the cursor of the next, newest first.
+
+    One query per status, each an ordered range of the (status, id_time, trade_id) index (or
+    (symbol, status, ...) with a symbol filter), merged here: no sort of all matching rows, so a
+    page costs the same at 100k signals as at 1k, whatever the filters.
+    """
+    where, params = f.where(statuses=False)
     if f.cursor:
         where += " AND (id_time, trade_id) < (:c_time, :c_id)"
         params.update(c_time=f.cursor[0], c_id=f.cursor[1])
-    rows = db.query(f"SELECT id_time, {select} FROM signals WHERE {where} "
-                    "ORDER BY id_time DESC, trade_id DESC LIMIT :limit",
-                    {**params, "limit": f.limit + 1})
+    sql = (f"SELECT id_time, {select} FROM signals WHERE status = :status AND {where} "
+           "ORDER BY id_time DESC, trade_id DESC LIMIT :limit")
+    arms = [db.query(sql, {**params, "status": status, "limit": f.limit + 1})
+            for status in (f.statuses or SIGNAL_STATUSES)]
+    rows = list(itertools.islice(heapq.merge(
+        *arms, key=lambda r: (r["id_time"], r["trade_id"]), reverse=True), f.limit + 1))
     more = len(rows) > f.limit
     rows = rows[:f.limit]
     cursor = encode_cursor(rows[-1]["id_time"], rows[-1]["trade_id"]) if more else None
@@ -2357,7 +2368,7 @@ def _page(db, select, f, *, statuses=True):
 def signal_summary(db, f):
     """Counts by status over every filter but status (so each status keeps its count)."""
     where, params = f.where(statuses=False)
-    counts = {s: 0 for s in ("PENDING", "ACTIVE", "EXITED", "CANCELLED")}
+    counts = dict.fromkeys(SIGNAL_STATUSES, 0)
     for r in db.query(f"SELECT status, count(*) AS n FROM signals WHERE {where} "
                       "GROUP BY status", params):
         counts[r["status"]] = r["n"]
