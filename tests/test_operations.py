@@ -174,3 +174,34 @@ def test_check_compares_fields_that_carry_no_provenance(tmp_path, run_cli):
                          "WHERE trade_id = (SELECT min(trade_id) FROM signals)")
     code, out, _ = run_cli("check", "--db", path, "--sample", "1000")
     assert code == 1 and ".event_count: stored " in out and "1 problems" in out
+
+
+def test_the_readme_first_command_demo_then_serve_shows_a_populated_page(server, run_cli,
+                                                                         tmp_path):
+    """Issue #6 Done 6: the quick start's first command runs `demo` then `serve` on the same
+    database; doing exactly that gives a page and an API with every kind of signal in it."""
+    import re
+    from conftest import ROOT, http
+    readme = (ROOT / "README.md").read_text()
+    first = re.search(r"\*\*1\..*?```sh\n(.+?)\n```", readme, re.S).group(1)
+    steps = [s.strip() for s in first.split("&&")]
+    demo = next(s for s in steps if " sigsync.py demo " in s)
+    serve = steps[-1]
+    db_name = re.search(r"--db (\S+)", demo).group(1)
+    assert re.fullmatch(rf"\S*python sigsync\.py serve --db {re.escape(db_name)}", serve), serve
+    assert steps.index(demo) == len(steps) - 2
+    db_path = tmp_path / db_name
+    code, out, err = run_cli("demo", "--db", db_path)
+    assert code == 0, err
+    s = server(db_path=db_path)
+    status, page = http("GET", s.url + "/")
+    assert status == 200 and b"<html" in page.lower()
+    status, body = s.get("/api/automated-signals/all-signals?limit=1000")
+    assert status == 200
+    summary = body["summary"]
+    assert summary["total"] == len(body["signals"]) >= 20
+    assert all(summary[k] > 0 for k in ("pending", "active", "exited", "cancelled")), summary
+    status, health = s.get("/api/health")
+    assert status == 200 and health["last_sync"] is not None and health["score"] is not None
+    status, rejected = s.get("/api/rejected")
+    assert rejected["total"] >= 1
