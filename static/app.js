@@ -819,6 +819,7 @@
     tradeChart = chartBase(box, 260);
     const series = tradeChart.addSeries(L.CandlestickSeries, {
       upColor: "#26a69a", downColor: "#ef5350", borderVisible: false, wickUpColor: "#26a69a", wickDownColor: "#ef5350",
+      priceLineVisible: false, lastValueVisible: false,     // only the trade's own levels are lines
     });
     series.setData(data);
     const line = (p, color, title, style) => {

@@ -63,6 +63,15 @@ def populate(db):
     for body in (_created(dt.datetime(2025, 12, 12, 3, 15, tzinfo=NY), "Bearish", "MES1!"),
                  _created(dt.datetime(2025, 12, 16, 13, 40, tzinfo=NY), "Bullish", "MES1!")):
         sigsync.ingest(db, json.dumps(body).encode(), now=START)
+    conflicted = db.query("SELECT trade_id, symbol, direction, entry_price, last_received_at "
+                          "FROM signals "
+                          "WHERE status = 'ACTIVE' AND entry_price IS NOT NULL "
+                          "ORDER BY id_time LIMIT 1")[0]
+    sigsync.ingest(db, json.dumps({                      # a second ENTRY, another price
+        "event_type": "ENTRY", "trade_id": conflicted["trade_id"],
+        "symbol": conflicted["symbol"], "direction": conflicted["direction"],
+        "entry_price": conflicted["entry_price"] + 1.25}).encode(),
+        now=sigsync.from_iso(conflicted["last_received_at"]) + dt.timedelta(seconds=30))
     trade = db.query("SELECT trade_id, symbol, signal_time, entry_price, last_update_at "
                      "FROM signals WHERE status = 'EXITED' AND entry_price IS NOT NULL "
                      "ORDER BY id_time LIMIT 1")[0]
@@ -345,6 +354,31 @@ def test_raw_payloads_are_shown_as_text_never_as_markup(site, open_page):
     expect(row(page, body["trade_id"])).to_contain_text("<img src=x onerror=alert(1)>")
     assert page.evaluate("window.pwned") is None
     assert page.locator("#detail img, #signals-body img, #detail script").count() == 0
+
+
+def test_conflicting_values_are_shown_side_by_side(site, open_page):
+    found = rows(site, "SELECT trade_id, kind, evidence FROM v_signal_conflicts LIMIT 1")
+    assert found
+    conflict = found[0]
+    values = json.loads(conflict["evidence"])["values"]
+    page = open_page()
+    page.goto(site.url + f"/#open={conflict['trade_id']}")
+    box = page.locator(".conflict", has_text=conflict["kind"])
+    expect(box.locator(".side")).to_have_text([str(v) for v in values])
+
+
+def test_read_token_from_the_page_url_is_sent_to_the_api(site, open_page):
+    guarded = Server(site.db_path, "--read-token", "s3cret-read", "--sync-seconds", "3600").start()
+    try:
+        status, _ = guarded.get("/api/automated-signals/all-signals")
+        assert status == 401
+        page = open_page()
+        page.goto(guarded.url + "/?token=s3cret-read")
+        expect(trade_ids(page)).to_have_text(newest_first(site))
+        expect(page.locator("#health-score")).not_to_have_attribute("data-score", "")
+        expect(page.locator("#error")).to_be_hidden()
+    finally:
+        guarded.stop()
 
 
 # ---------------------------------------------------------------------------------------------
