@@ -1890,106 +1890,156 @@ def replay_rejected(db, *, now, include_auth=False, ids=None):
 def demo_payloads(start, *, seed=7, signals=24):
     """A realistic generated session: (seconds after start, body bytes) in sending order.
 
-    A 1-minute MNQ1! chart from 09:00 New York: triangles that confirm or get cancelled by an
-    opposite triangle, MFE batches each bar, break-evens, exits, a lost SIGNAL_CREATED here and
-    there, a lost ENTRY recovered only through MFE batches, and a few malformed alerts.
+    A 1-minute MNQ1! market from 09:00 New York (a random walk of bars, each sent as a BAR
+    alert at its close), and the indicator's alerts on it: triangles that confirm by the
+    indicator's rule (a later close beyond the triangle bar's high or low) or get cancelled,
+    entries at the confirming close, MFE batches each bar with excursions computed from the
+    bars, break-evens, stop and target exits; a lost SIGNAL_CREATED here and there, a lost
+    ENTRY recovered only through MFE batches, a resend and a few malformed alerts.
     """
     rng = random.Random(seed)
-    out = []
-    price = 25600.0
     t0 = start.astimezone(NEW_YORK).replace(hour=9, minute=0, second=0, microsecond=0)
-    open_trades = []
+    n_bars = 7 * signals + 12           # the last trades are still open when it ends
+    bars, close = [], 25600.0
+    for _ in range(n_bars):
+        open_ = close
+        close = _tick(open_ + rng.gauss(0.15, 6.0))
+        bars.append((open_, _tick(max(open_, close) + abs(rng.gauss(0, 3))),
+                     _tick(min(open_, close) - abs(rng.gauss(0, 3))), close))
+
+    def sent_at(m, extra=0.0):
+        """Seconds after `start` at which the alert of bar m's close goes out."""
+        return (t0 + dt.timedelta(minutes=m + 1) - start).total_seconds() + extra
+
+    out, unconfirmed = [], 0
+    for m, (o, h, lo, c) in enumerate(bars):
+        out.append((sent_at(m), {"event_type": "BAR", "symbol": "MNQ1!", "timeframe": "1",
+                                 "time": iso(t0 + dt.timedelta(minutes=m)),
+                                 "open": o, "high": h, "low": lo, "close": c}))
     for n in range(signals):
-        tri = t0 + dt.timedelta(minutes=7 * n + rng.randint(0, 3))
+        i = 7 * n + rng.randint(0, 3)                        # the triangle bar
+        tri = t0 + dt.timedelta(minutes=i)
         bullish = rng.random() < 0.55
-        side = "BULLISH" if bullish else "BEARISH"
+        if _confirming_bar(bars, i, bullish) is None and rng.random() < 0.7:
+            bullish = not bullish           # the indicator prints more winners than a coin
         direction = "Bullish" if bullish else "Bearish"
-        trade_id = tri.strftime("%Y%m%d_%H%M%S") + "000_" + side
-        offset = (tri.astimezone(UTC) - start.astimezone(UTC)).total_seconds() + 60
+        sign = 1 if bullish else -1
+        trade_id = tri.strftime("%Y%m%d_%H%M%S") + "000_" + direction.upper()
         htf = {k: rng.choice(["Bullish", "Bearish", "Neutral"]) for k in
                ("daily", "h4", "h1", "m15", "m5", "m1")}
         base = {"trade_id": trade_id, "symbol": "MNQ1!", "timeframe": "1",
                 "direction": direction, "session": session_of(tri.astimezone(UTC)),
                 "event_timestamp": tri.strftime("%Y-%m-%dT%H:%M:%S")}
         if rng.random() > 0.15:     # most SIGNAL_CREATED alerts arrive
-            out.append((offset, {**base, "event_type": "SIGNAL_CREATED", "htf_alignment": htf,
-                                 "setup": {"setup_family": "FVG_CORE",
-                                           "setup_variant": "PENDING_CONFIRMATION"},
-                                 "market_state": {"trend_regime": direction}}))
-        fate = rng.random()
-        if fate < 0.25:             # never confirms: an opposite triangle cancels it, or not yet
-            if fate < 0.15:
-                opposite = tri + dt.timedelta(minutes=rng.randint(2, 5))
-                out.append((offset + 300, {
+            out.append((sent_at(i), {**base, "event_type": "SIGNAL_CREATED",
+                                     "htf_alignment": htf,
+                                     "setup": {"setup_family": "FVG_CORE",
+                                               "setup_variant": "PENDING_CONFIRMATION"},
+                                     "market_state": {"trend_regime": direction}}))
+        confirm = _confirming_bar(bars, i, bullish)
+        if confirm is None or rng.random() < 0.1:
+            # Not confirmed in six bars: the indicator cancels it when the opposite triangle
+            # prints, or (every third time) says nothing and reconciliation has to infer it.
+            unconfirmed += 1
+            if unconfirmed % 3:
+                bars_pending = rng.randint(2, 5)
+                opposite = tri + dt.timedelta(minutes=bars_pending)
+                out.append((sent_at(i + bars_pending), {
                     **base, "event_type": "CANCELLED", "cancel_reason": "opposite_signal",
                     "cancelled_time": opposite.strftime("%Y-%m-%dT%H:%M:%S"),
                     "cancelled_by": opposite.strftime("%Y%m%d_%H%M%S") + "000_"
-                    + ("BEARISH" if bullish else "BULLISH"), "bars_pending": 3}))
+                    + ("BEARISH" if bullish else "BULLISH"), "bars_pending": bars_pending}))
             continue
-        bars = rng.randint(1, 4)
-        risk = rng.choice([18.5, 21.25, 30.0, 38.5, 42.75])
-        price += rng.uniform(-30, 30)
-        entry = round(price * 4) / 4
-        stop = entry - risk if bullish else entry + risk
-        sign = 1 if bullish else -1
-        targets = {f"tp{k}_price": entry + sign * k * risk for k in (1, 2, 3)}
-        confirm_at = offset + 60 * bars
-        lost_entry = rng.random() < 0.08
-        if not lost_entry:
-            out.append((confirm_at, {**base, "event_type": "ENTRY", "entry_price": entry,
-                                     "stop_loss": stop, "targets": targets,
-                                     "htf_alignment": htf, "be_mfe": 0, "no_be_mfe": 0,
-                                     "mae_global_r": 0}))
-        open_trades.append(trade_id)
-        path = [0.0]
-        for _ in range(rng.randint(4, 30)):
-            path.append(path[-1] + rng.gauss(0.04, 0.5))
-        mfe, mae, be_done = 0.0, 0.0, False
-        for k, r in enumerate(path[1:], start=1):
-            mfe, mae = max(mfe, r), min(mae, r)
-            at = confirm_at + 60 * k
-            stamp = (tri + dt.timedelta(minutes=bars + k)).strftime("%Y-%m-%dT%H:%M:%S")
-            element = {"trade_id": trade_id, "direction": direction, "entry_price": entry,
-                       "stop_loss": stop, "no_be_mfe": round(mfe, 4),
-                       "be_mfe": round(mfe, 4), "mae_global_r": round(mae, 4),
-                       "current_price": round(entry + sign * r * risk, 2),
-                       "be_triggered": mfe >= 1.0}
-            out.append((at, {"event_type": "MFE_UPDATE_BATCH", "timestamp": stamp,
-                             "symbol": "MNQ1!", "signals": [element]}))
-            common = {**base, "entry_price": entry, "stop_loss": stop, "be_mfe": round(mfe, 4),
-                      "no_be_mfe": round(mfe, 4), "mae_global_r": round(mae, 4)}
-            if mfe >= 1.0 and not be_done:
-                be_done = True
-                out.append((at + 1, {**common, "event_type": "BE_TRIGGERED",
-                                     "be_price": entry}))
-            if be_done and r <= 0:
-                out.append((at + 2, {**common, "event_type": "EXIT_BE", "exit_price": entry,
-                                     "final_mfe": round(mfe, 4)}))
-                be_done = None
-            if r <= -1.0:
-                out.append((at + 3, {**common, "event_type": "EXIT_SL", "exit_price": stop,
-                                     "final_mfe": round(mfe, 4)}))
+        entry = bars[confirm][3]
+        stop = _tick(bars[i][2] - 0.25) if bullish else _tick(bars[i][1] + 0.25)
+        if sign * (entry - stop) < 8:
+            stop = _tick(entry - sign * 8)
+        risk = abs(entry - stop)
+        targets = {f"tp{k}_price": _tick(entry + sign * k * risk) for k in (1, 2, 3)}
+        if rng.random() >= 0.08:    # a lost ENTRY now and then: only the batches carry it
+            out.append((sent_at(confirm), {**base, "event_type": "ENTRY", "entry_price": entry,
+                                           "stop_loss": stop, "targets": targets,
+                                           "htf_alignment": htf, "be_mfe": 0, "no_be_mfe": 0,
+                                           "mae_global_r": 0}))
+        mfe = mae = 0.0
+        be = "none"
+        for m in range(confirm + 1, min(confirm + 31, n_bars)):
+            o, h, lo, c = bars[m]
+            best, worst = (h, lo) if bullish else (lo, h)
+            mfe = max(mfe, round(sign * (best - entry) / risk, 4))
+            mae = min(mae, round(sign * (worst - entry) / risk, 4))
+            stamp = (t0 + dt.timedelta(minutes=m)).strftime("%Y-%m-%dT%H:%M:%S")
+            out.append((sent_at(m, 0.5), {
+                "event_type": "MFE_UPDATE_BATCH", "timestamp": stamp, "symbol": "MNQ1!",
+                "signals": [{"trade_id": trade_id, "direction": direction,
+                             "entry_price": entry, "stop_loss": stop, "no_be_mfe": mfe,
+                             "be_mfe": mfe, "mae_global_r": mae, "current_price": c,
+                             "be_triggered": mfe >= 1.0}]}))
+            common = {**base, "entry_price": entry, "stop_loss": stop, "be_mfe": mfe,
+                      "no_be_mfe": mfe, "mae_global_r": mae}
+            if be == "none" and mfe >= 1.0:
+                be = "armed"
+                out.append((sent_at(m, 1), {**common, "event_type": "BE_TRIGGERED",
+                                            "be_price": entry}))
+            elif be == "armed" and sign * (worst - entry) <= 0:
+                be = "stopped"
+                out.append((sent_at(m, 2), {**common, "event_type": "EXIT_BE",
+                                            "exit_price": entry, "final_mfe": mfe}))
+            if mae <= -1.0:
+                out.append((sent_at(m, 3), {**common, "event_type": "EXIT_SL",
+                                            "exit_price": stop, "final_mfe": mfe}))
                 break
-    last = max(at for at, _ in out) if out else 0.0
-    fresh = start.astimezone(NEW_YORK) + dt.timedelta(seconds=last + 60)
+            if mfe >= 3.0:
+                out.append((sent_at(m, 3), {**common, "event_type": "EXIT_TP",
+                                            "exit_price": targets["tp3_price"],
+                                            "final_mfe": mfe}))
+                break
+    last = max(at for at, _ in out)
+    fresh = (start + dt.timedelta(seconds=last + 60)).astimezone(NEW_YORK)
     fresh = fresh.replace(second=0, microsecond=0)
     out.append((last + 61, {"event_type": "SIGNAL_CREATED", "symbol": "MNQ1!", "timeframe": "1",
                             "trade_id": fresh.strftime("%Y%m%d_%H%M%S") + "000_BULLISH",
                             "direction": "Bullish",
                             "event_timestamp": fresh.strftime("%Y-%m-%dT%H:%M:%S"),
                             "htf_alignment": {"daily": "Bullish", "h4": "Bullish"}}))
-    for k in range(0, 200, 15):
-        out.append((60.0 * k, {"event_type": "HEARTBEAT",
-                               "timestamp": (t0 + dt.timedelta(minutes=k)).isoformat()[:19]}))
+    for k in range(0, n_bars, 15):
+        out.append((sent_at(k), {"event_type": "HEARTBEAT",
+                                 "timestamp": (t0 + dt.timedelta(minutes=k)).isoformat()[:19]}))
+    # A second stop alert for one trade with another fill price: kept, and shown as a conflict.
+    at, first_sl = next((at, b) for at, b in sorted(out, key=lambda item: item[0])
+                        if b["event_type"] == "EXIT_SL")
+    out.append((at + 20, {**first_sl, "exit_price": _tick(first_sl["exit_price"] - 1.25)}))
     out.sort(key=lambda item: item[0])
     bodies = [(at, json.dumps(body).encode()) for at, body in out]
     # What a real feed also carries: a resend, a malformed body, an unreplaced placeholder.
-    if bodies:
-        bodies.insert(len(bodies) // 2, bodies[len(bodies) // 2])
+    bodies.insert(len(bodies) // 2, bodies[len(bodies) // 2])
     bodies.append((bodies[-1][0] + 5, b'{"event_type":"ENTRY","trade_id":"20251215_1000"'))
     bodies.append((bodies[-1][0] + 5, b'{"event_type":"BAR","symbol":"MNQ1!","time":"{{time}}",'
                    b'"open":1,"high":2,"low":0.5,"close":1.5}'))
     return bodies
+
+
+def _confirming_bar(bars, i, bullish, within=6):
+    """The indicator's rule: the first of the next `within` bars to close beyond the triangle
+    bar's high (bullish) or low (bearish)."""
+    level = bars[i][1] if bullish else bars[i][2]
+    return next((m for m in range(i + 1, min(i + within + 1, len(bars)))
+                 if (bars[m][3] > level if bullish else bars[m][3] < level)), None)
+
+
+def _tick(price):
+    """A price on MNQ's 0.25 tick."""
+    return round(price * 4) / 4
+
+
+def demo_start(now):
+    """Where `demo` starts by default: 08:30 New York on the latest weekday whose session (09:00
+    to about 12:30) is over by `now`, so a newcomer's page shows a finished, recent morning."""
+    local = now.astimezone(NEW_YORK)
+    day = local.date() if local.hour >= 13 else local.date() - dt.timedelta(days=1)
+    while day.weekday() >= 5:
+        day -= dt.timedelta(days=1)
+    return ny_local_to_utc(dt.datetime.combine(day, dt.time(8, 30)))
 
 
 def demo(db, *, start, seed=7):
@@ -2442,11 +2492,27 @@ def signal_detail(db, now, trade_id):
     for a in audit:
         for col in ("old_value", "new_value", "evidence"):
             a[col] = json.loads(a[col]) if a[col] is not None else None
+    _conflict_sides(signal_row["conflicts"], events)
     health = signal_health(db, now, [trade_id]).get(trade_id, {})
     return {"trade_id": trade_id, "status": signal_row["status"],
             "be_state": signal_row["be_state"], "health_score": health.get("health_score", 100),
             "fields": fields, "conflicts": signal_row["conflicts"], "events": events,
             "audit": audit, "gaps": open_gaps(db, now, trade_id=trade_id)}
+
+
+def _conflict_sides(conflicts, events):
+    """Give conflicts recorded as event ids (a second EXIT_SL, ENTRY after CANCELLED) their
+    `values`: per event, the fields in which the events differ, so they read side by side."""
+    payloads = {e["event_id"]: e["payload"] for e in events}
+    for evidence in conflicts.values():
+        if not isinstance(evidence, dict) or "values" in evidence:
+            continue
+        sides = [(i, payloads[i]) for i in evidence.get("event_ids", ()) if i in payloads]
+        keys = sorted({k for _, p in sides for k in p})
+        differing = [k for k in keys
+                     if len({json.dumps(p.get(k), sort_keys=True) for _, p in sides}) > 1]
+        evidence["values"] = [{"event_id": i, "event_type": p.get("event_type"),
+                               **{k: p.get(k) for k in differing}} for i, p in sides]
 
 
 def list_bars(db, symbol, since=None, until=None, limit=5000):
@@ -3181,7 +3247,7 @@ def cmd_replay_rejected(args, config):
 def cmd_demo(args, config):
     db = open_db(config.db)
     try:
-        start = Clock().now() - dt.timedelta(hours=6) if args.start is None \
+        start = demo_start(Clock().now()) if args.start is None \
             else parse_time(args.start, "--start")[0]
         result = demo(db, start=start, seed=args.seed)
     finally:
@@ -3250,7 +3316,8 @@ def build_parser():
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("demo", parents=[common], help="fill the database with a demo session")
     p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--start", default=None, help="session start (default: 6 hours ago)")
+    p.add_argument("--start", default=None, help="the session's day: its alerts run from 09:00 "
+                   "New York that day (default: the latest weekday morning that is over)")
     return parser
 
 

@@ -77,3 +77,44 @@ def test_non_loopback_bind_without_secret_is_refused(run_cli, tmp_path):
     code, _, err = run_cli("serve", "--db", tmp_path / "x.db", "--host", "0.0.0.0",
                            "--port", "0", timeout=30)
     assert code == 1 and "without a webhook secret" in err
+
+
+def test_demo_by_default_replays_the_latest_weekday_morning_that_is_over():
+    """A newcomer's demo is recent (the 7-day window shows it) and never in the future."""
+    import datetime as dt
+    ny = sigsync.NEW_YORK
+
+    def start(local):
+        return sigsync.demo_start(local.replace(tzinfo=ny)).astimezone(ny)
+
+    wednesday = dt.datetime(2025, 12, 17)
+    assert start(wednesday.replace(hour=13)) == dt.datetime(2025, 12, 17, 8, 30, tzinfo=ny)
+    assert start(wednesday.replace(hour=12, minute=59)) == dt.datetime(2025, 12, 16, 8, 30,
+                                                                        tzinfo=ny)
+    assert start(dt.datetime(2025, 12, 15, 10)) == dt.datetime(2025, 12, 12, 8, 30, tzinfo=ny)
+    assert start(dt.datetime(2025, 12, 14, 18)) == dt.datetime(2025, 12, 12, 8, 30, tzinfo=ny)
+    now = dt.datetime(2025, 12, 17, 13, 0, tzinfo=ny)
+    payloads = sigsync.demo_payloads(sigsync.demo_start(now))
+    last = sigsync.demo_start(now) + dt.timedelta(seconds=max(at for at, _ in payloads))
+    assert last <= now
+
+
+def test_demo_bars_carry_the_trades(tmp_path):
+    """The demo's trades live on its bars: each entry is a bar close and each recorded MFE is
+    the excursion those bars show, so the page's trade chart tells the same story."""
+    with open_database(tmp_path / "d.db") as db:
+        sigsync.demo(db, start=START)
+        bars = {r["time"]: r for r in db.query("SELECT * FROM bars WHERE symbol = 'MNQ1!'")}
+        assert len(bars) > 150
+        trades = db.query("SELECT * FROM signals WHERE status IN ('ACTIVE', 'EXITED') "
+                          "AND has_entry = 1 AND confirmation_time IS NOT NULL")
+        assert trades
+        closes = {r["close"] for r in bars.values()}
+        for t in trades:
+            assert t["entry_price"] in closes, t["trade_id"]
+            sign = 1 if t["direction"] == "Bullish" else -1
+            after = [b for time, b in bars.items() if time >= t["confirmation_time"]
+                     and (t["last_update_at"] is None or time < t["last_update_at"])]
+            best = max((sign * ((b["high"] if sign > 0 else b["low"]) - t["entry_price"])
+                        / t["risk"] for b in after), default=0.0)
+            assert t["no_be_mfe"] <= max(best, 0) + 1e-3, t["trade_id"]

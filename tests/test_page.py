@@ -357,14 +357,23 @@ def test_raw_payloads_are_shown_as_text_never_as_markup(site, open_page):
 
 
 def test_conflicting_values_are_shown_side_by_side(site, open_page):
-    found = rows(site, "SELECT trade_id, kind, evidence FROM v_signal_conflicts LIMIT 1")
-    assert found
-    conflict = found[0]
-    values = json.loads(conflict["evidence"])["values"]
+    """Every conflict of the demo (a second stop alert with another fill price among them) shows
+    one side per value, as the detail API gives them."""
+    found = rows(site, "SELECT trade_id, kind FROM v_signal_conflicts")
+    assert any(c["kind"] == "second_exit_sl" for c in found)
     page = open_page()
-    page.goto(site.url + f"/#open={conflict['trade_id']}")
-    box = page.locator(".conflict", has_text=conflict["kind"])
-    expect(box.locator(".side")).to_have_text([str(v) for v in values])
+    for conflict in found:
+        status, detail = site.get(f"/api/signals/{conflict['trade_id']}")
+        values = detail["conflicts"][conflict["kind"]]["values"]
+        assert len(values) >= 2
+        page.goto(site.url + f"/#open={conflict['trade_id']}")
+        box = page.locator(".conflict", has_text=conflict["kind"])
+        expect(box.locator(".side")).to_have_count(len(values))
+        if conflict["kind"] == "second_exit_sl":
+            prices = sorted(v["exit_price"] for v in values)
+            assert prices[0] < prices[1]
+            for price in prices:
+                expect(box).to_contain_text(str(price))
 
 
 def test_read_token_from_the_page_url_is_sent_to_the_api(site, open_page):

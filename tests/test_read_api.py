@@ -345,3 +345,22 @@ def test_signals_command_lists_with_the_same_filters(loaded, db, config, capsys)
     assert f"{len(ny_am)} of {len(ny_am)} signals" in out
     assert sigsync.main(["signals", "--db", config.db, "--status", "open"]) == 1
     assert "status: unknown status" in capsys.readouterr().err
+
+
+def test_a_conflict_recorded_as_event_ids_reads_side_by_side_in_the_detail(db, clock, config):
+    app = WsgiClient(sigsync.make_app(db, clock, config))
+    trade_id = "20251215_100000000_BULLISH"
+    base = {"trade_id": trade_id, "direction": "Bullish", "symbol": "MNQ1!"}
+    sigsync.ingest(db, json.dumps({**base, "event_type": "ENTRY", "entry_price": 25680.0,
+                                   "stop_loss": 25640.0}).encode(), now=clock.advance(1))
+    first = sigsync.ingest(db, json.dumps({**base, "event_type": "EXIT_SL",
+                                           "exit_price": 25640.0}).encode(), now=clock.advance(1))
+    second = sigsync.ingest(db, json.dumps({**base, "event_type": "EXIT_SL",
+                                            "exit_price": 25638.75}).encode(),
+                            now=clock.advance(1))
+    conflict = app.get(f"/api/signals/{trade_id}").json()["conflicts"]["second_exit_sl"]
+    ids = [first.events[0]["event_id"], second.events[0]["event_id"]]
+    assert conflict["event_ids"] == ids
+    assert conflict["values"] == [
+        {"event_id": ids[0], "event_type": "EXIT_SL", "exit_price": 25640.0},
+        {"event_id": ids[1], "event_type": "EXIT_SL", "exit_price": 25638.75}]
