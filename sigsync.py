@@ -1790,7 +1790,7 @@ def _work_set(db, mark, top, full):
     if not touched:
         return []
     work = set(touched)
-    symbols = set()
+    symbols, latest = set(), {}
     for trade_id in touched:
         for symbol, signal_time, direction in reader.execute(
                 "SELECT symbol, coalesce(signal_time, id_time), "
@@ -1798,11 +1798,16 @@ def _work_set(db, mark, top, full):
             if symbol is None:
                 continue
             symbols.add(symbol)
-            if signal_time is not None:   # pending signals this one may cancel
-                work.update(r[0] for r in reader.execute(
-                    "SELECT trade_id FROM signals WHERE symbol = ? AND signal_time < ? AND "
-                    "status = 'PENDING' AND coalesce(direction, id_direction) <> ?",
-                    (symbol, signal_time, direction)))
+            if signal_time is not None and signal_time > latest.get((symbol, direction), ""):
+                latest[symbol, direction] = signal_time
+    # Pending signals a touched one may cancel: earlier, same symbol, opposite direction. Only
+    # the latest touched signal of each symbol and direction matters (one query each, not one
+    # per touched signal: a backlog of thousands stays linear).
+    for (symbol, direction), signal_time in latest.items():
+        work.update(r[0] for r in reader.execute(
+            "SELECT trade_id FROM signals WHERE symbol = ? AND signal_time < ? AND "
+            "status = 'PENDING' AND coalesce(direction, id_direction) <> ?",
+            (symbol, signal_time, direction)))
     for symbol in symbols:                # open trades that a fresh price of theirs may move
         work.update(r[0] for r in reader.execute(
             "SELECT trade_id FROM signals WHERE symbol = ? AND status = 'ACTIVE'", (symbol,)))

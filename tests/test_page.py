@@ -87,8 +87,8 @@ def populate(db):
 def populate_10k(db, n=10_000):
     """n signals on one symbol, every fifth confirmed and stopped out, the rest pending.
 
-    No reconciliation pass: at this size one takes about a minute (most of it on the
-    confirmed trades), which this test does not need; its server's loop is set not to run.
+    No reconciliation pass: the test measures rendering, not the loop, so its server's loop is
+    set not to run.
     """
     base = dt.datetime(2025, 1, 2, 9, 30, tzinfo=NY)
     for i in range(n):

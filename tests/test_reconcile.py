@@ -407,3 +407,25 @@ def test_a_price_older_than_the_trades_own_update_infers_nothing(db, clock):
     send(db, clock, event_type="MFE_UPDATE", trade_id=BULL, no_be_mfe=0.2, mae_global_r=-0.1)
     sigsync.sync_once(db, now=clock.advance(10))
     assert signal_row(db, BULL)["status"] == "ACTIVE"
+
+
+def test_the_work_set_of_a_backlog_costs_one_query_per_symbol_and_direction(db, clock):
+    """A backlog of alternating pending signals (an import, a restart after downtime) must not
+    cost one scan of the pending signals per touched signal: that made a 10k backlog take a
+    minute. The work set is the same; the statements that find it grow with the touched
+    signals (one lookup each), not with touched x pending."""
+    for i in range(60):
+        trade_id = f"20251215_{10 + i // 60:02d}{i % 60:02d}00000_" + \
+            ("BULLISH" if i % 2 else "BEARISH")
+        send(db, clock, **created(trade_id))
+    reader = db.reader()
+    statements = []
+    reader.exec_trace = lambda cursor, sql, bindings: statements.append(sql) or True
+    try:
+        work = sigsync._work_set(db, 0, 10 ** 9, False)
+    finally:
+        reader.exec_trace = None
+    assert len(work) == 60
+    scans = [s for s in statements if "status = 'PENDING'" in s]
+    assert len(scans) == 2                     # MNQ1! x (Bullish, Bearish)
+    assert len(statements) <= 60 + 2 + 1 + 1   # touched lookups, scans, open trades, events
