@@ -644,8 +644,10 @@ windows(name, since, lo, hi, edge_end) AS (
     SELECT '7d', since, strftime('%Y-%m-%dT%H', since, '+1 hour'), '9',
            substr(since, 1, 13) || ';' FROM start7
     UNION ALL SELECT 'all', '', '*', '*', ''),
-edge AS (SELECT w.name, s.trade_id, s.status, s.has_signal_created
-           FROM windows AS w JOIN signals AS s ON s.id_time >= w.since AND s.id_time < w.edge_end),
+edge AS MATERIALIZED (
+    SELECT w.name, s.trade_id, s.status, s.has_signal_created
+      FROM windows AS w CROSS JOIN signals AS s
+     WHERE s.id_time >= w.since AND s.id_time < w.edge_end),
 -- symbols that stale_mfe rows name, one index seek each
 keys(k) AS (
     SELECT min(symbol_key) FROM signal_gaps WHERE gap = 'stale_mfe' AND severity = 'abnormal'
@@ -656,24 +658,24 @@ keys(k) AS (
       FROM keys WHERE k IS NOT NULL),
 -- gap rows whose state now may differ from their state once due
 near(trade_id, gap) AS (
-    SELECT g.trade_id, g.gap FROM symbol_activity AS a JOIN signal_gaps AS g
+    SELECT g.trade_id, g.gap FROM symbol_activity AS a CROSS JOIN signal_gaps AS g
         ON g.gap = 'stale_mfe' AND g.severity = 'abnormal' AND g.symbol_key = a.symbol_key
        AND g.due_base >= strftime('%Y-%m-%dT%H:%M:%fZ',
                min((SELECT now FROM n), a.last_received_at),
                '-' || (SELECT seconds FROM th WHERE gap = 'stale_mfe') || ' seconds')
     UNION ALL
-    SELECT g.trade_id, g.gap FROM keys JOIN signal_gaps AS g
+    SELECT g.trade_id, g.gap FROM keys CROSS JOIN signal_gaps AS g
         ON g.gap = 'stale_mfe' AND g.severity = 'abnormal' AND g.symbol_key = keys.k
        AND g.due_base IS NOT NULL
      WHERE keys.k IS NOT NULL
        AND NOT EXISTS (SELECT 1 FROM symbol_activity WHERE symbol_key = keys.k)
     UNION ALL
-    SELECT g.trade_id, g.gap FROM th JOIN signal_gaps AS g
+    SELECT g.trade_id, g.gap FROM th CROSS JOIN signal_gaps AS g
         ON g.gap = th.gap AND g.severity IN ('abnormal', 'expected') AND g.symbol_key IS NULL
        AND g.due_base >= strftime('%Y-%m-%dT%H:%M:%fZ', (SELECT now FROM n),
                                   '-' || th.seconds || ' seconds')),
 near_rows AS MATERIALIZED (
-    SELECT st.* FROM near JOIN v_gap_status AS st
+    SELECT st.* FROM near CROSS JOIN v_gap_status AS st
         ON st.trade_id = near.trade_id AND st.gap = near.gap),
 near_trades AS MATERIALIZED (
     SELECT st.trade_id, min(st.id_time) AS id_time,
@@ -681,14 +683,14 @@ near_trades AS MATERIALIZED (
                AS eventual,
            min(100, coalesce(sum(CASE WHEN st.open AND st.severity = 'abnormal'
                                       THEN st.weight END), 0)) AS current
-      FROM (SELECT DISTINCT trade_id FROM near) AS t JOIN v_gap_status AS st
+      FROM (SELECT DISTINCT trade_id FROM near) AS t CROSS JOIN v_gap_status AS st
         ON st.trade_id = t.trade_id
      GROUP BY st.trade_id),
 gap_counts(name, gap, severity, n) AS (
     SELECT w.name, c.gap, c.severity, c.n
       FROM windows AS w JOIN health_gap_counts AS c ON c.hour BETWEEN w.lo AND w.hi
     UNION ALL
-    SELECT e.name, g.gap, g.severity, 1 FROM edge AS e JOIN signal_gaps AS g
+    SELECT e.name, g.gap, g.severity, 1 FROM edge AS e CROSS JOIN signal_gaps AS g
         ON g.trade_id = e.trade_id
     UNION ALL
     SELECT w.name, r.gap, r.eventual, -1 FROM windows AS w JOIN near_rows AS r
@@ -716,7 +718,7 @@ counted AS (
            coalesce((SELECT sum(penalty) FROM health_hours WHERE hour BETWEEN w.lo AND w.hi), 0)
            + coalesce((SELECT sum(p) FROM (
                  SELECT min(100, sum(t.weight)) AS p FROM edge AS e
-                   JOIN signal_gaps AS g ON g.trade_id = e.trade_id
+                   CROSS JOIN signal_gaps AS g ON g.trade_id = e.trade_id
                    JOIN gap_types AS t ON t.gap = g.gap
                   WHERE e.name = w.name AND g.severity = 'abnormal' GROUP BY g.trade_id)), 0)
            + coalesce((SELECT sum(current - eventual) FROM near_trades

@@ -157,7 +157,7 @@ def time_health(db, now, rounds=7):
                                 "127.0.0.1", 0).start()
     try:
         def get():
-            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
             conn.request("GET", "/api/health")
             response = conn.getresponse()
             assert response.status == 200, response.status
