@@ -1402,11 +1402,12 @@ _AT_NOW = {}
 
 
 def _view_bodies(conn):
-    """{view name: its SELECT}, from the schema as stored."""
+    """{view name: its SELECT without comments}, from the schema as stored. (No view has
+    '--' inside a string literal.)"""
     out = {}
     for name, sql in conn.execute("SELECT name, sql FROM sqlite_schema WHERE type = 'view'"):
         head = re.match(r"\s*CREATE\s+VIEW\s+\S+\s+AS\s", sql, re.I)
-        out[name] = sql[head.end():]
+        out[name] = re.sub(r"--[^\n]*", "", sql[head.end():])
     return out
 
 

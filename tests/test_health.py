@@ -513,3 +513,36 @@ def test_gaps_api_refuses_bad_filters_with_the_one_error_shape(app, query):
     body = r.json()
     assert body["ok"] is False and set(body["error"]) == {"code", "message"}
     assert body["error"]["message"].split(":")[0] in query
+
+
+# --- at_now runs exactly what the shell runs ------------------------------------------------
+
+@pytest.mark.skipif(shutil.which("sqlite3") is None, reason="Debian package sqlite3 missing")
+def test_at_now_equals_the_stock_shell_with_v_now_pinned_for_every_view(db, clock):
+    """The documented way (schema.sql, v_now): replace v_now in a transaction rolled back."""
+    for at_s, raw in sigsync.demo_payloads(START, seed=5):
+        try:
+            sigsync.ingest(db, raw, now=START + dt.timedelta(seconds=at_s))
+        except sigsync.Rejected as e:
+            sigsync.reject(db, raw, e, now=START + dt.timedelta(seconds=at_s))
+    sigsync.sync_once(db, now=START + dt.timedelta(hours=3))
+    views = [r["name"] for r in db.query("SELECT name FROM sqlite_schema WHERE type = 'view' "
+                                         "AND name NOT IN ('v_now') ORDER BY name")]
+    clocked = set(sigsync.clock_views(db.reader()))
+    assert {"v_signal_gaps", "v_health_summary", "v_global_conditions"} <= clocked
+
+    def norm(rows):
+        return sorted(json.dumps({k: round(v, 9) if isinstance(v, float) else v
+                                  for k, v in r.items()}, sort_keys=True) for r in rows)
+
+    for hours in (3, 6.5, 24 * 8):
+        now = START + dt.timedelta(hours=hours)
+        for view in views:
+            pinned = (f"BEGIN; DROP VIEW v_now; CREATE VIEW v_now AS SELECT "
+                      f"'{sigsync.iso(now)}' AS now; SELECT * FROM {view}; ROLLBACK;")
+            out = subprocess.run(["sqlite3", "-json", "-bail", db.path, pinned],
+                                 capture_output=True, text=True, check=True).stdout
+            shell = json.loads(out) if out.strip() else []
+            ours = sigsync.health_query(db, view, now) if view in clocked else \
+                db.query(f"SELECT * FROM {view}")
+            assert norm(ours) == norm(shell), (view, hours)
