@@ -2237,13 +2237,11 @@ def metrics_text(db, now, job_failures=None):
                     "ORDER BY run_id DESC LIMIT 1")
     family("sigsync_sync_last_duration_seconds", "gauge", "Duration of the last pass.",
            [({}, f"{last[0]['s']:.6f}" if last else "NaN")])
-    rows = health_query(db, "v_signal_gaps", now)
-    counts = {}
-    for r in rows:
-        counts[(r["gap"], r["severity"])] = counts.get((r["gap"], r["severity"]), 0) + 1
+    summary = health_summary(db, now)          # its 'all' window counts every open gap
+    counts = {(g, sev): n for g, by in summary["all"]["gaps_by_type"].items()
+              for sev, n in by.items() if n}
     family("sigsync_open_gaps", "gauge", "Open gaps, by type and severity.",
            [({"gap": g, "severity": sev}, n) for (g, sev), n in sorted(counts.items())])
-    summary = health_summary(db, now)
     family("sigsync_health_score", "gauge", "Mean per-signal health score (NaN: no signals).",
            [({"window": w}, "NaN" if summary[w]["score"] is None else summary[w]["score"])
             for w in ("7d", "all")])
