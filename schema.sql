@@ -135,7 +135,6 @@ CREATE INDEX signals_symbol ON signals(symbol, signal_time, trade_id);
 -- The few signals a pass revisits by symbol: pending ones (alternation) and open trades (prices).
 CREATE INDEX signals_pending ON signals(symbol, signal_time) WHERE status = 'PENDING';
 CREATE INDEX signals_open ON signals(symbol) WHERE status = 'ACTIVE';
-CREATE INDEX signals_coverage ON signals(status, has_signal_created, id_time);
 
 -- Price bars by symbol, from BAR events (first received wins for a given bar).
 CREATE TABLE bars (
@@ -212,22 +211,68 @@ CREATE TABLE symbol_activity (
 ) WITHOUT ROWID;
 
 ------------------------------------------------------------------------------------------------
--- Health. The rules are the views below the @views marker (v_gap_rules is the gap catalogue);
--- signal_gaps is their per-signal materialisation, kept current by a trigger on signals, so
--- that health over 100k signals reads only the few signals that have gaps.
+-- Health. The rules are the views below the @views marker (v_gap_rules is the gap catalogue).
+-- What a view cannot compute fast over 100k+ signals is kept by triggers (below the marker):
+--
+--   signal_gaps        one row per (signal, gap): v_gap_rules materialised for each signal
+--                      written, only the rows that change being rewritten;
+--   health_hours       per hour of triangle time (and one all-time row '*'): signals, confirmed,
+--   health_gap_counts  signals with their SIGNAL_CREATED, the summed penalty, gaps by type.
+--
+-- Clock and thresholds stay out of all three. A time rule stores a clock-free base instant
+-- (`due_base`); the gap is "due" once now > due_base + its threshold (v_gap_thresholds, read
+-- at query time, so a restart with new settings re-times every row at no cost). The
+-- aggregates count each gap as it will be once due ("eventually"): stale_mfe abnormal (when
+-- its symbol is known), no_mae abnormal, stale_pending open. v_health_summary reads the
+-- aggregates and corrects them for the few rows not yet in that state: those whose deadline
+-- lies ahead (due_base >= now - threshold, or for stale_mfe >= the symbol's last activity -
+-- threshold), found by a range scan of signal_gaps_due. So the summary reads a few hundred
+-- aggregate rows plus the recent rows, whatever the history. A 7-day window starts inside an
+-- hour; that partial hour's signals are read directly.
+--
+-- The aggregates hold the rule set they were built with: after a change to the rules or the
+-- weights (a new sigsync.py/schema.sql), `sigsync.py rebuild` recomputes them.
 ------------------------------------------------------------------------------------------------
 CREATE TABLE signal_gaps (
     trade_id    TEXT NOT NULL,
     gap         TEXT NOT NULL,             -- a gap_types.gap
-    severity    TEXT NOT NULL CHECK (severity IN ('expected', 'abnormal')),  -- before deadlines
+    severity    TEXT NOT NULL CHECK (severity IN ('expected', 'abnormal')),  -- once due; for
+                                           -- stale_mfe only a hint (abnormal: its symbol was
+                                           -- known to symbol_activity when the row was written)
+                                           -- as v_gap_status judges it by the symbol's activity
+    before_due  TEXT CHECK (before_due IN ('closed', 'expected')),  -- before due: not open yet,
+                                           -- or open as expected; NULL when due_base is NULL
+    due_base    TEXT,                      -- NULL: no time rule; else due once now > due_base +
+                                           -- the gap's threshold (v_gap_thresholds)
+    id_time     TEXT NOT NULL,             -- the signal's id_time: its window (copied)
     since       TEXT,                      -- when the condition started, as far as data says
-    opens_at    TEXT,                      -- NULL: open now; else open only after this time
-    abnormal_at TEXT,                      -- NULL: severity fixed; else abnormal from this time
-    symbol_key  TEXT,                      -- for stale_mfe: is the market still sending data?
+    symbol_key  TEXT,                      -- stale_mfe only: is the market still sending data?
     evidence    TEXT,                      -- JSON: the values that make it a gap
     PRIMARY KEY (trade_id, gap)
 ) WITHOUT ROWID;
-CREATE INDEX signal_gaps_gap ON signal_gaps(gap);
+-- The rows whose state depends on the clock, by deadline: the summary's correction scan.
+CREATE INDEX signal_gaps_due ON signal_gaps(gap, severity, symbol_key, due_base)
+    WHERE due_base IS NOT NULL;
+
+-- Per hour of triangle time ('YYYY-MM-DDTHH' of id_time, UTC), and for all time ('*', which
+-- sorts before every hour): counts of the signals, and the sum of their penalties (min(100,
+-- weights of the gaps that are abnormal once due)). Rows that fall to zero are removed.
+CREATE TABLE health_hours (
+    hour                TEXT PRIMARY KEY,
+    signals             INTEGER NOT NULL DEFAULT 0,
+    confirmed           INTEGER NOT NULL DEFAULT 0,   -- status ACTIVE or EXITED
+    with_signal_created INTEGER NOT NULL DEFAULT 0,   -- confirmed, and SIGNAL_CREATED received
+    penalty             INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+
+-- Gap rows by hour (as health_hours), type and severity once due. Rows at zero are removed.
+CREATE TABLE health_gap_counts (
+    hour      TEXT NOT NULL,
+    gap       TEXT NOT NULL,
+    severity  TEXT NOT NULL CHECK (severity IN ('expected', 'abnormal')),
+    n         INTEGER NOT NULL,
+    PRIMARY KEY (hour, gap, severity)
+) WITHOUT ROWID;
 
 -- Thresholds the health rules read (seconds), and the running server's start time. Defaults are
 -- set below the @views marker; the server writes its configured values at start.
@@ -316,81 +361,117 @@ SELECT (SELECT CAST(value AS INTEGER) FROM health_settings WHERE name = 'stale_m
        (SELECT CAST(value AS INTEGER) FROM health_settings WHERE name = 'rate_window_seconds') AS rate_window_seconds,
        (SELECT CAST(value AS INTEGER) FROM health_settings WHERE name = 'rate_warn_at') AS rate_warn_at;
 
+DROP VIEW IF EXISTS v_gap_thresholds;
+-- Which threshold (seconds, from v_settings) times each time rule: a gap row with a due_base is
+-- due once now > due_base + seconds. Read at query time, never stored in a row.
+CREATE VIEW v_gap_thresholds AS
+SELECT 'stale_mfe' AS gap, stale_mfe_seconds AS seconds FROM v_settings
+UNION ALL SELECT 'stale_pending', stale_pending_seconds FROM v_settings
+UNION ALL SELECT 'no_mae', first_bar_grace_seconds FROM v_settings;
+
 DROP VIEW IF EXISTS v_gap_rules;
--- THE GAP CATALOGUE, clock-free: one row per gap condition a signal meets. Time rules do not
--- read the clock: they give `opens_at` (the gap exists only after it) and `abnormal_at` (an
--- expected gap turns abnormal after it); whoever asks compares them with "now".
+-- THE GAP CATALOGUE, clock-free and threshold-free: one row per gap condition a signal meets,
+-- with `severity` as it is once due. Time rules do not read the clock or the settings: they
+-- give a base instant `due_base` (the gap is due once now > due_base + its threshold) and
+-- `before_due` (before that: 'closed', not open yet; or 'expected'); whoever asks compares
+-- them with "now" (v_gap_status).
 CREATE VIEW v_gap_rules AS
-SELECT trade_id, 'no_signal_created' AS gap, 'abnormal' AS severity, first_received_at AS since,
-       NULL AS opens_at, NULL AS abnormal_at, NULL AS symbol_key,
+SELECT trade_id, 'no_signal_created' AS gap, 'abnormal' AS severity, NULL AS before_due,
+       NULL AS due_base, id_time, first_received_at AS since, NULL AS symbol_key,
        json_object('status', status) AS evidence
   FROM signals WHERE status IN ('ACTIVE', 'EXITED') AND has_signal_created = 0
 UNION ALL
-SELECT trade_id, 'no_entry', 'abnormal', first_received_at, NULL, NULL, NULL,
+SELECT trade_id, 'no_entry', 'abnormal', NULL, NULL, id_time, first_received_at, NULL,
        json_object('status', status, 'events', event_count)
   FROM signals WHERE status IN ('ACTIVE', 'EXITED') AND has_entry = 0
 UNION ALL
-SELECT trade_id, 'no_entry_price', 'abnormal', first_received_at, NULL, NULL, NULL, NULL
+SELECT trade_id, 'no_entry_price', 'abnormal', NULL, NULL, id_time, first_received_at, NULL, NULL
   FROM signals WHERE status IN ('ACTIVE', 'EXITED') AND entry_price IS NULL
 UNION ALL
-SELECT trade_id, 'no_stop_loss', 'abnormal', first_received_at, NULL, NULL, NULL, NULL
+SELECT trade_id, 'no_stop_loss', 'abnormal', NULL, NULL, id_time, first_received_at, NULL, NULL
   FROM signals WHERE status IN ('ACTIVE', 'EXITED') AND stop_loss IS NULL
 UNION ALL
-SELECT trade_id, 'no_htf_alignment', 'abnormal', first_received_at, NULL, NULL, NULL, NULL
+SELECT trade_id, 'no_htf_alignment', 'abnormal', NULL, NULL, id_time, first_received_at, NULL,
+       NULL
   FROM signals WHERE status IN ('ACTIVE', 'EXITED') AND htf_alignment IS NULL
 UNION ALL
-SELECT trade_id, 'no_confirmation_time', 'abnormal', first_received_at, NULL, NULL, NULL, NULL
+SELECT trade_id, 'no_confirmation_time', 'abnormal', NULL, NULL, id_time, first_received_at,
+       NULL, NULL
   FROM signals WHERE status IN ('ACTIVE', 'EXITED') AND confirmation_time IS NULL
 UNION ALL
-SELECT trade_id, 'no_session', 'abnormal', first_received_at, NULL, NULL, NULL, NULL
+SELECT trade_id, 'no_session', 'abnormal', NULL, NULL, id_time, first_received_at, NULL, NULL
   FROM signals WHERE session IS NULL
 UNION ALL
-SELECT trade_id, 'no_signal_date', 'abnormal', first_received_at, NULL, NULL, NULL, NULL
+SELECT trade_id, 'no_signal_date', 'abnormal', NULL, NULL, id_time, first_received_at, NULL, NULL
   FROM signals WHERE signal_date IS NULL
 UNION ALL
-SELECT trade_id, 'no_targets', 'abnormal', first_received_at, NULL, NULL, NULL, NULL
+SELECT trade_id, 'no_targets', 'abnormal', NULL, NULL, id_time, first_received_at, NULL, NULL
   FROM signals WHERE status IN ('ACTIVE', 'EXITED') AND targets_extended IS NULL
 UNION ALL
--- expected while no event of any kind arrives for its symbol (market closed, indicator off);
--- abnormal when the symbol has had data since the trade went quiet (see v_signal_gaps)
-SELECT trade_id, 'stale_mfe', 'expected', last_update_at,
-       strftime('%Y-%m-%dT%H:%M:%fZ', coalesce(last_update_at, first_received_at),
-                '+' || (SELECT stale_mfe_seconds FROM v_settings) || ' seconds'),
-       NULL, replace(substr(symbol, instr(symbol, ':') + 1), ' ', ''),
+-- opens once the last update is older than stale_mfe_seconds; then expected while no event of
+-- any kind arrives for its symbol (market closed, indicator off), abnormal when the symbol has
+-- had data since the gap opened (v_gap_status). `severity` is what it becomes when data keeps
+-- coming: abnormal, unless the symbol is unknown.
+SELECT trade_id, 'stale_mfe',
+       CASE WHEN symbol IS NULL THEN 'expected' ELSE 'abnormal' END, 'closed',
+       coalesce(last_update_at, first_received_at), id_time, last_update_at,
+       replace(substr(symbol, instr(symbol, ':') + 1), ' ', ''),
        json_object('last_update_at', coalesce(last_update_at, first_received_at))
   FROM signals WHERE status = 'ACTIVE'
 UNION ALL
--- expected during the entry's first bar (plus a grace for the alert's trip), abnormal after
-SELECT trade_id, 'no_mae', 'expected', entry_received_at, NULL,
+-- expected during the entry's first bar (plus first_bar_grace_seconds for the alert's trip),
+-- abnormal after
+SELECT trade_id, 'no_mae', 'abnormal', 'expected',
        strftime('%Y-%m-%dT%H:%M:%fZ', coalesce(entry_received_at, first_received_at),
                 '+' || (60 * CASE WHEN CAST(timeframe AS INTEGER) > 0
-                                  THEN CAST(timeframe AS INTEGER) ELSE 1 END
-                        + (SELECT first_bar_grace_seconds FROM v_settings)) || ' seconds'),
-       NULL, json_object('timeframe', timeframe)
+                                  THEN CAST(timeframe AS INTEGER) ELSE 1 END) || ' seconds'),
+       id_time, entry_received_at, NULL, json_object('timeframe', timeframe)
   FROM signals WHERE status IN ('ACTIVE', 'EXITED') AND mae IS NULL
 UNION ALL
-SELECT trade_id, 'missed_exit', 'abnormal', last_update_at, NULL, NULL, NULL,
+SELECT trade_id, 'missed_exit', 'abnormal', NULL, NULL, id_time, last_update_at, NULL,
        json_object('mae', mae)
   FROM signals WHERE status = 'ACTIVE' AND mae <= -1.0
 UNION ALL
-SELECT trade_id, 'conflict', 'abnormal', first_received_at, NULL, NULL, NULL, conflicts
+SELECT trade_id, 'conflict', 'abnormal', NULL, NULL, id_time, first_received_at, NULL, conflicts
   FROM signals WHERE conflicts <> '{}'
 UNION ALL
-SELECT trade_id, 'stale_pending', 'expected', coalesce(signal_time, id_time),
-       strftime('%Y-%m-%dT%H:%M:%fZ', coalesce(signal_time, id_time),
-                '+' || (SELECT stale_pending_seconds FROM v_settings) || ' seconds'),
-       NULL, NULL, NULL
+-- opens once pending for longer than stale_pending_seconds
+SELECT trade_id, 'stale_pending', 'expected', 'closed', coalesce(signal_time, id_time), id_time,
+       coalesce(signal_time, id_time), NULL, NULL
   FROM signals WHERE status = 'PENDING';
 
+-- Keep signal_gaps equal to v_gap_rules for the signal just written. An update rewrites only
+-- the gap rows that changed (most webhooks change none, or move one deadline).
 DROP TRIGGER IF EXISTS signals_ai_gaps;
--- Keep signal_gaps equal to v_gap_rules for the signal just written (INSERT OR REPLACE of a
--- signal row fires this insert trigger).
 CREATE TRIGGER signals_ai_gaps AFTER INSERT ON signals BEGIN
-    DELETE FROM signal_gaps WHERE trade_id = NEW.trade_id;
-    INSERT INTO signal_gaps(trade_id, gap, severity, since, opens_at, abnormal_at, symbol_key,
-                            evidence)
-    SELECT trade_id, gap, severity, since, opens_at, abnormal_at, symbol_key, evidence
+    INSERT INTO signal_gaps(trade_id, gap, severity, before_due, due_base, id_time, since,
+                            symbol_key, evidence)
+    SELECT trade_id, gap, severity, before_due, due_base, id_time, since, symbol_key, evidence
       FROM v_gap_rules WHERE trade_id = NEW.trade_id;
+END;
+
+DROP TRIGGER IF EXISTS signals_au_gaps;
+-- Fires only when save_signal sets one of the columns v_gap_rules reads.
+CREATE TRIGGER signals_au_gaps AFTER UPDATE OF status, has_signal_created, has_entry,
+    event_count, entry_price, stop_loss, htf_alignment, confirmation_time, session, signal_date,
+    targets_extended, last_update_at, first_received_at, symbol, entry_received_at, timeframe,
+    mae, conflicts, signal_time, id_time ON signals BEGIN
+    DELETE FROM signal_gaps WHERE trade_id = NEW.trade_id
+       AND gap NOT IN (SELECT gap FROM v_gap_rules WHERE trade_id = NEW.trade_id);
+    INSERT INTO signal_gaps(trade_id, gap, severity, before_due, due_base, id_time, since,
+                            symbol_key, evidence)
+    SELECT trade_id, gap, severity, before_due, due_base, id_time, since, symbol_key, evidence
+      FROM v_gap_rules WHERE trade_id = NEW.trade_id
+    ON CONFLICT (trade_id, gap) DO UPDATE SET
+        severity = excluded.severity, before_due = excluded.before_due,
+        due_base = excluded.due_base, since = excluded.since, symbol_key = excluded.symbol_key,
+        evidence = excluded.evidence
+     WHERE signal_gaps.severity IS NOT excluded.severity
+        OR signal_gaps.before_due IS NOT excluded.before_due
+        OR signal_gaps.due_base IS NOT excluded.due_base
+        OR signal_gaps.since IS NOT excluded.since
+        OR signal_gaps.symbol_key IS NOT excluded.symbol_key
+        OR signal_gaps.evidence IS NOT excluded.evidence;
 END;
 
 DROP TRIGGER IF EXISTS signals_ad_gaps;
@@ -398,26 +479,143 @@ CREATE TRIGGER signals_ad_gaps AFTER DELETE ON signals BEGIN
     DELETE FROM signal_gaps WHERE trade_id = OLD.trade_id;
 END;
 
+-- health_hours: the signal counts. A signal's hour never changes (id_time comes from trade_id).
+DROP TRIGGER IF EXISTS signals_ai_health;
+CREATE TRIGGER signals_ai_health AFTER INSERT ON signals BEGIN
+    INSERT INTO health_hours(hour, signals, confirmed, with_signal_created)
+    SELECT h.column1, 1, c.c, c.c * NEW.has_signal_created
+      FROM (VALUES (substr(NEW.id_time, 1, 13)), ('*')) AS h,
+           (SELECT NEW.status IN ('ACTIVE', 'EXITED') AS c) AS c
+     WHERE true
+    ON CONFLICT (hour) DO UPDATE SET signals = signals + excluded.signals,
+        confirmed = confirmed + excluded.confirmed,
+        with_signal_created = with_signal_created + excluded.with_signal_created;
+END;
+
+DROP TRIGGER IF EXISTS signals_au_health;
+CREATE TRIGGER signals_au_health AFTER UPDATE OF status, has_signal_created ON signals
+WHEN (OLD.status IN ('ACTIVE', 'EXITED')) <> (NEW.status IN ('ACTIVE', 'EXITED'))
+  OR OLD.has_signal_created <> NEW.has_signal_created BEGIN
+    INSERT INTO health_hours(hour, signals, confirmed, with_signal_created)
+    SELECT h.column1, 0, c.n - c.o, c.n * NEW.has_signal_created - c.o * OLD.has_signal_created
+      FROM (VALUES (substr(NEW.id_time, 1, 13)), ('*')) AS h,
+           (SELECT NEW.status IN ('ACTIVE', 'EXITED') AS n,
+                   OLD.status IN ('ACTIVE', 'EXITED') AS o) AS c
+     WHERE true
+    ON CONFLICT (hour) DO UPDATE SET confirmed = confirmed + excluded.confirmed,
+        with_signal_created = with_signal_created + excluded.with_signal_created;
+END;
+
+DROP TRIGGER IF EXISTS signals_ad_health;
+CREATE TRIGGER signals_ad_health AFTER DELETE ON signals BEGIN
+    UPDATE health_hours SET signals = signals - 1,
+           confirmed = confirmed - (OLD.status IN ('ACTIVE', 'EXITED')),
+           with_signal_created = with_signal_created
+               - (OLD.status IN ('ACTIVE', 'EXITED')) * OLD.has_signal_created
+     WHERE hour IN (substr(OLD.id_time, 1, 13), '*');
+    DELETE FROM health_hours WHERE hour IN (substr(OLD.id_time, 1, 13), '*')
+       AND signals = 0 AND penalty = 0;
+END;
+
+-- health_gap_counts and the penalty in health_hours, from each gap row written. A signal's
+-- penalty is min(100, sum of the weights of its gaps that are abnormal once due); `s` below is
+-- that sum after the change, so each trigger adds the change in the capped value.
+DROP TRIGGER IF EXISTS signal_gaps_ai_health;
+CREATE TRIGGER signal_gaps_ai_health AFTER INSERT ON signal_gaps BEGIN
+    INSERT INTO health_gap_counts(hour, gap, severity, n)
+    SELECT column1, NEW.gap, NEW.severity, 1
+      FROM (VALUES (substr(NEW.id_time, 1, 13)), ('*')) WHERE true
+    ON CONFLICT (hour, gap, severity) DO UPDATE SET n = n + excluded.n;
+    INSERT INTO health_hours(hour, penalty)
+    SELECT h.column1, min(100, p.s) - min(100, p.s - p.w)
+      FROM (VALUES (substr(NEW.id_time, 1, 13)), ('*')) AS h,
+           (SELECT (SELECT coalesce(sum(t.weight), 0) FROM signal_gaps AS g
+                      JOIN gap_types AS t ON t.gap = g.gap
+                     WHERE g.trade_id = NEW.trade_id AND g.severity = 'abnormal') AS s,
+                   (SELECT weight FROM gap_types WHERE gap = NEW.gap) AS w) AS p
+     WHERE NEW.severity = 'abnormal' AND min(100, p.s) <> min(100, p.s - p.w)
+    ON CONFLICT (hour) DO UPDATE SET penalty = penalty + excluded.penalty;
+END;
+
+DROP TRIGGER IF EXISTS signal_gaps_ad_health;
+CREATE TRIGGER signal_gaps_ad_health AFTER DELETE ON signal_gaps BEGIN
+    UPDATE health_gap_counts SET n = n - 1
+     WHERE hour IN (substr(OLD.id_time, 1, 13), '*') AND gap = OLD.gap
+       AND severity = OLD.severity;
+    DELETE FROM health_gap_counts WHERE hour IN (substr(OLD.id_time, 1, 13), '*')
+       AND gap = OLD.gap AND severity = OLD.severity AND n = 0;
+    UPDATE health_hours SET penalty = penalty + (
+        SELECT min(100, p.s) - min(100, p.s + p.w) FROM
+            (SELECT (SELECT coalesce(sum(t.weight), 0) FROM signal_gaps AS g
+                       JOIN gap_types AS t ON t.gap = g.gap
+                      WHERE g.trade_id = OLD.trade_id AND g.severity = 'abnormal') AS s,
+                    (SELECT weight FROM gap_types WHERE gap = OLD.gap) AS w) AS p)
+     WHERE OLD.severity = 'abnormal' AND hour IN (substr(OLD.id_time, 1, 13), '*');
+    DELETE FROM health_hours WHERE hour IN (substr(OLD.id_time, 1, 13), '*')
+       AND signals = 0 AND penalty = 0;
+END;
+
+DROP TRIGGER IF EXISTS signal_gaps_au_health;
+CREATE TRIGGER signal_gaps_au_health AFTER UPDATE OF severity ON signal_gaps
+WHEN OLD.severity IS NOT NEW.severity BEGIN
+    UPDATE health_gap_counts SET n = n - 1
+     WHERE hour IN (substr(OLD.id_time, 1, 13), '*') AND gap = OLD.gap
+       AND severity = OLD.severity;
+    DELETE FROM health_gap_counts WHERE hour IN (substr(OLD.id_time, 1, 13), '*')
+       AND gap = OLD.gap AND severity = OLD.severity AND n = 0;
+    INSERT INTO health_gap_counts(hour, gap, severity, n)
+    SELECT column1, NEW.gap, NEW.severity, 1
+      FROM (VALUES (substr(NEW.id_time, 1, 13)), ('*')) WHERE true
+    ON CONFLICT (hour, gap, severity) DO UPDATE SET n = n + excluded.n;
+    UPDATE health_hours SET penalty = penalty + (
+        SELECT min(100, p.s)
+               - min(100, p.s - p.w * (NEW.severity = 'abnormal') + p.w * (OLD.severity = 'abnormal'))
+          FROM (SELECT (SELECT coalesce(sum(t.weight), 0) FROM signal_gaps AS g
+                          JOIN gap_types AS t ON t.gap = g.gap
+                         WHERE g.trade_id = NEW.trade_id AND g.severity = 'abnormal') AS s,
+                       (SELECT weight FROM gap_types WHERE gap = NEW.gap) AS w) AS p)
+     WHERE hour IN (substr(NEW.id_time, 1, 13), '*');
+    DELETE FROM health_hours WHERE hour IN (substr(NEW.id_time, 1, 13), '*')
+       AND signals = 0 AND penalty = 0;
+END;
+
 DROP VIEW IF EXISTS v_now;
 -- "Now" for the sqlite3 shell. The server and CLI run the views below with their own clock in
 -- its place (sigsync.py: at_now), so the shell, the API and the CLI compute the same numbers.
+-- To ask the shell "as of" another instant, replace it inside a transaction you roll back:
+--   BEGIN; DROP VIEW v_now; CREATE VIEW v_now AS SELECT '2025-12-15T14:00:00.000Z' AS now;
+--   SELECT * FROM v_health_summary; ROLLBACK;
 CREATE VIEW v_now AS SELECT strftime('%Y-%m-%dT%H:%M:%fZ', 'now') AS now;
+
+DROP VIEW IF EXISTS v_gap_status;
+-- Every gap row as of now: whether it is due, open, and its severity now. `eventual` is the
+-- severity the aggregates count it with (signal_gaps.severity).
+CREATE VIEW v_gap_status AS
+SELECT trade_id, gap, id_time, eventual,
+       CASE WHEN due_at IS NULL OR now > due_at THEN 1
+            ELSE before_due = 'expected' END AS open,
+       CASE WHEN due_at IS NOT NULL AND NOT now > due_at THEN 'expected'
+            WHEN gap = 'stale_mfe' THEN
+                CASE WHEN last_activity > due_at THEN 'abnormal' ELSE 'expected' END
+            ELSE eventual END AS severity,
+       CASE WHEN before_due = 'closed' THEN due_at ELSE since END AS since,
+       filled_by, weight, evidence
+  FROM (SELECT g.trade_id, g.gap, g.id_time, g.severity AS eventual, g.before_due, g.since,
+               g.evidence, t.filled_by, t.weight, n.now, a.last_received_at AS last_activity,
+               strftime('%Y-%m-%dT%H:%M:%fZ', g.due_base,
+                        '+' || th.seconds || ' seconds') AS due_at
+          FROM signal_gaps AS g
+          JOIN gap_types AS t ON t.gap = g.gap
+          CROSS JOIN v_now AS n
+          LEFT JOIN v_gap_thresholds AS th ON th.gap = g.gap
+          LEFT JOIN symbol_activity AS a ON a.symbol_key = g.symbol_key);
 
 DROP VIEW IF EXISTS v_signal_gaps;
 -- Open gaps as of now, with their effective severity: one row per (signal, gap).
 --   select gap, severity, count(*) from v_signal_gaps group by 1, 2;
 CREATE VIEW v_signal_gaps AS
-SELECT g.trade_id, g.gap,
-       CASE WHEN g.gap = 'stale_mfe' THEN
-                CASE WHEN a.last_received_at > g.opens_at THEN 'abnormal' ELSE 'expected' END
-            WHEN g.abnormal_at IS NOT NULL AND n.now > g.abnormal_at THEN 'abnormal'
-            ELSE g.severity END AS severity,
-       coalesce(g.opens_at, g.since) AS since, t.filled_by, t.weight, g.evidence
-  FROM signal_gaps AS g
-  JOIN gap_types AS t ON t.gap = g.gap
-  CROSS JOIN v_now AS n
-  LEFT JOIN symbol_activity AS a ON a.symbol_key = g.symbol_key
- WHERE g.opens_at IS NULL OR n.now > g.opens_at;
+SELECT trade_id, gap, severity, since, filled_by, weight, evidence
+  FROM v_gap_status WHERE open;
 
 DROP VIEW IF EXISTS signal_health_metrics;
 -- Per-signal health (the seeds' name): 100 minus the weights of its abnormal gaps, floor 0.
@@ -433,34 +631,105 @@ SELECT s.trade_id, s.status,
 
 DROP VIEW IF EXISTS v_health_summary;
 -- The overall health, one row per window ('7d': signals of the last 7 days by triangle time;
--- 'all'): the mean per-signal score and the counts behind it. Signals without gaps score 100,
--- so the mean is computed from the few signals that have abnormal gaps.
+-- 'all'): the mean per-signal score and the counts behind it. Signals without gaps score 100.
+-- Read from the trigger-kept aggregates (health_hours, health_gap_counts: every gap counted as
+-- it is once due), plus the signals of the 7-day window's partial first hour, corrected for
+-- the gap rows whose deadline is still ahead (`near`; see the Health section of the tables).
 CREATE VIEW v_health_summary AS
-WITH windows(name, since) AS (
-    SELECT '7d', strftime('%Y-%m-%dT%H:%M:%fZ', (SELECT now FROM v_now), '-7 days')
-    UNION ALL SELECT 'all', ''),
-gaps AS (SELECT g.trade_id, g.gap, g.severity, g.weight, s.id_time
-           FROM v_signal_gaps AS g JOIN signals AS s ON s.trade_id = g.trade_id),
+WITH n AS (SELECT now FROM v_now),
+th AS (SELECT gap, seconds FROM v_gap_thresholds),
+start7 AS (SELECT strftime('%Y-%m-%dT%H:%M:%fZ', now, '-7 days') AS since FROM n),
+-- lo..hi: the whole hours of the window in the aggregates; since..edge_end: its partial hour
+windows(name, since, lo, hi, edge_end) AS (
+    SELECT '7d', since, strftime('%Y-%m-%dT%H', since, '+1 hour'), '9',
+           substr(since, 1, 13) || ';' FROM start7
+    UNION ALL SELECT 'all', '', '*', '*', ''),
+edge AS MATERIALIZED (
+    SELECT w.name, s.trade_id, s.status, s.has_signal_created
+      FROM windows AS w CROSS JOIN signals AS s
+     WHERE s.id_time >= w.since AND s.id_time < w.edge_end),
+-- symbols that stale_mfe rows name, one index seek each
+keys(k) AS (
+    SELECT min(symbol_key) FROM signal_gaps WHERE gap = 'stale_mfe' AND severity = 'abnormal'
+       AND due_base IS NOT NULL
+    UNION ALL
+    SELECT (SELECT min(symbol_key) FROM signal_gaps WHERE gap = 'stale_mfe'
+               AND severity = 'abnormal' AND due_base IS NOT NULL AND symbol_key > k)
+      FROM keys WHERE k IS NOT NULL),
+-- gap rows whose state now may differ from their state once due
+near(trade_id, gap) AS (
+    SELECT g.trade_id, g.gap FROM symbol_activity AS a CROSS JOIN signal_gaps AS g
+        ON g.gap = 'stale_mfe' AND g.severity = 'abnormal' AND g.symbol_key = a.symbol_key
+       AND g.due_base >= strftime('%Y-%m-%dT%H:%M:%fZ',
+               min((SELECT now FROM n), a.last_received_at),
+               '-' || (SELECT seconds FROM th WHERE gap = 'stale_mfe') || ' seconds')
+    UNION ALL
+    SELECT g.trade_id, g.gap FROM keys CROSS JOIN signal_gaps AS g
+        ON g.gap = 'stale_mfe' AND g.severity = 'abnormal' AND g.symbol_key = keys.k
+       AND g.due_base IS NOT NULL
+     WHERE keys.k IS NOT NULL
+       AND NOT EXISTS (SELECT 1 FROM symbol_activity WHERE symbol_key = keys.k)
+    UNION ALL
+    SELECT g.trade_id, g.gap FROM th CROSS JOIN signal_gaps AS g
+        ON g.gap = th.gap AND g.severity IN ('abnormal', 'expected') AND g.symbol_key IS NULL
+       AND g.due_base >= strftime('%Y-%m-%dT%H:%M:%fZ', (SELECT now FROM n),
+                                  '-' || th.seconds || ' seconds')),
+near_rows AS MATERIALIZED (
+    SELECT st.* FROM near CROSS JOIN v_gap_status AS st
+        ON st.trade_id = near.trade_id AND st.gap = near.gap),
+near_trades AS MATERIALIZED (
+    SELECT st.trade_id, min(st.id_time) AS id_time,
+           min(100, coalesce(sum(CASE WHEN st.eventual = 'abnormal' THEN st.weight END), 0))
+               AS eventual,
+           min(100, coalesce(sum(CASE WHEN st.open AND st.severity = 'abnormal'
+                                      THEN st.weight END), 0)) AS current
+      FROM (SELECT DISTINCT trade_id FROM near) AS t CROSS JOIN v_gap_status AS st
+        ON st.trade_id = t.trade_id
+     GROUP BY st.trade_id),
+gap_counts(name, gap, severity, n) AS (
+    SELECT w.name, c.gap, c.severity, c.n
+      FROM windows AS w JOIN health_gap_counts AS c ON c.hour BETWEEN w.lo AND w.hi
+    UNION ALL
+    SELECT e.name, g.gap, g.severity, 1 FROM edge AS e CROSS JOIN signal_gaps AS g
+        ON g.trade_id = e.trade_id
+    UNION ALL
+    SELECT w.name, r.gap, r.eventual, -1 FROM windows AS w JOIN near_rows AS r
+        ON r.id_time >= w.since
+    UNION ALL
+    SELECT w.name, r.gap, r.severity, 1 FROM windows AS w JOIN near_rows AS r
+        ON r.id_time >= w.since WHERE r.open),
+by_type AS (
+    SELECT name, gap, sum(CASE WHEN severity = 'abnormal' THEN n ELSE 0 END) AS a,
+           sum(CASE WHEN severity = 'expected' THEN n ELSE 0 END) AS e
+      FROM gap_counts GROUP BY name, gap HAVING a <> 0 OR e <> 0),
 counted AS (
-    SELECT w.name, w.since,
-           (SELECT count(*) FROM signals WHERE id_time >= w.since) AS signals,
-           (SELECT count(*) FROM signals WHERE status IN ('ACTIVE', 'EXITED')
-                AND id_time >= w.since) AS confirmed,
-           (SELECT count(*) FROM signals WHERE status IN ('ACTIVE', 'EXITED')
-                AND has_signal_created = 1 AND id_time >= w.since) AS with_signal_created,
-           (SELECT coalesce(sum(p), 0) FROM (SELECT min(100, sum(weight)) AS p FROM gaps
-                 WHERE severity = 'abnormal' AND id_time >= w.since GROUP BY trade_id))
-               AS penalty
+    SELECT w.name,
+           coalesce((SELECT sum(signals) FROM health_hours WHERE hour BETWEEN w.lo AND w.hi), 0)
+           + (SELECT count(*) FROM edge WHERE edge.name = w.name) AS signals,
+           coalesce((SELECT sum(confirmed) FROM health_hours
+                      WHERE hour BETWEEN w.lo AND w.hi), 0)
+           + (SELECT count(*) FROM edge WHERE edge.name = w.name
+                 AND status IN ('ACTIVE', 'EXITED')) AS confirmed,
+           coalesce((SELECT sum(with_signal_created) FROM health_hours
+                      WHERE hour BETWEEN w.lo AND w.hi), 0)
+           + (SELECT count(*) FROM edge WHERE edge.name = w.name
+                 AND status IN ('ACTIVE', 'EXITED') AND has_signal_created = 1)
+               AS with_signal_created,
+           coalesce((SELECT sum(penalty) FROM health_hours WHERE hour BETWEEN w.lo AND w.hi), 0)
+           + coalesce((SELECT sum(p) FROM (
+                 SELECT min(100, sum(t.weight)) AS p FROM edge AS e
+                   CROSS JOIN signal_gaps AS g ON g.trade_id = e.trade_id
+                   JOIN gap_types AS t ON t.gap = g.gap
+                  WHERE e.name = w.name AND g.severity = 'abnormal' GROUP BY g.trade_id)), 0)
+           + coalesce((SELECT sum(current - eventual) FROM near_trades
+                        WHERE id_time >= w.since), 0) AS penalty
       FROM windows AS w)
 SELECT c.name AS window, c.signals,
        CASE WHEN c.signals > 0 THEN round(100.0 - 1.0 * c.penalty / c.signals, 2) END AS score,
-       (SELECT count(*) FROM gaps WHERE severity = 'abnormal' AND id_time >= c.since)
-           AS abnormal_gaps,
-       (SELECT count(*) FROM gaps WHERE severity = 'expected' AND id_time >= c.since)
-           AS expected_gaps,
+       (SELECT coalesce(sum(a), 0) FROM by_type WHERE name = c.name) AS abnormal_gaps,
+       (SELECT coalesce(sum(e), 0) FROM by_type WHERE name = c.name) AS expected_gaps,
        (SELECT json_group_object(gap, json_object('abnormal', a, 'expected', e)) FROM (
-            SELECT gap, sum(severity = 'abnormal') AS a, sum(severity = 'expected') AS e
-              FROM gaps WHERE id_time >= c.since GROUP BY gap)) AS gaps_by_type,
+            SELECT gap, a, e FROM by_type WHERE name = c.name ORDER BY gap)) AS gaps_by_type,
        c.confirmed,
        CASE WHEN c.confirmed > 0
             THEN round(1.0 * c.with_signal_created / c.confirmed, 4) END AS signal_coverage,

@@ -975,7 +975,7 @@ SIGNAL_COLUMNS = [
 JSON_COLUMNS = {"htf_alignment", "setup", "market_state", "targets", "targets_extended",
                 "provenance", "conflicts", "fold_state"}
 _SELECT_SIGNAL = f"SELECT {', '.join(SIGNAL_COLUMNS)} FROM signals WHERE trade_id = ?"
-_INSERT_SIGNAL = (f"INSERT OR REPLACE INTO signals({', '.join(SIGNAL_COLUMNS)}) "
+_INSERT_SIGNAL = (f"INSERT INTO signals({', '.join(SIGNAL_COLUMNS)}) "
                   f"VALUES ({', '.join('?' * len(SIGNAL_COLUMNS))})")
 
 # Which events may set which fields, and with what rank (higher wins, ties keep the first
@@ -1052,6 +1052,7 @@ def load_signal(conn, trade_id):
     if not rows:
         return None
     row = dict(zip(SIGNAL_COLUMNS, rows[0]))
+    row["_stored"] = rows[0]
     for col in JSON_COLUMNS:
         if row[col] is not None:
             row[col] = json.loads(row[col])
@@ -1059,10 +1060,24 @@ def load_signal(conn, trade_id):
 
 
 def save_signal(conn, row, *, now, run_id=None, count_fills=True):
-    """Write the row, and an audit row for every change queued on it."""
-    conn.execute(_INSERT_SIGNAL, [
-        _canonical(row[c]) if c in JSON_COLUMNS and row[c] is not None else row[c]
-        for c in SIGNAL_COLUMNS])
+    """Write the row, and an audit row for every change queued on it.
+
+    A loaded row is updated in place, and only in the columns that changed: the row keeps its
+    place, untouched indexes are not rewritten, and the gap trigger fires only when a column it
+    reads was set.
+    """
+    values = tuple(_canonical(row[c]) if c in JSON_COLUMNS and row[c] is not None else row[c]
+                   for c in SIGNAL_COLUMNS)
+    stored = row.get("_stored")
+    if stored is None:
+        conn.execute(_INSERT_SIGNAL, values)
+    else:
+        changed = [i for i, (new, old) in enumerate(zip(values, stored)) if new != old]
+        if changed:
+            sets = ", ".join(f"{SIGNAL_COLUMNS[i]} = ?" for i in changed)
+            conn.execute(f"UPDATE signals SET {sets} WHERE trade_id = ?",
+                         [values[i] for i in changed] + [row["trade_id"]])
+    row["_stored"] = values
     for a in row.pop("_audit", ()):
         conn.execute(
             "INSERT INTO sync_audit_log(run_id, created_at, trade_id, field, old_value, "
@@ -1379,29 +1394,72 @@ def _derive_status(row):
 # shell's clock; sigsync runs the very same view SQL with its injected clock bound in its place,
 # so the shell, the API and the CLI compute one and the same number.
 
-TIME_VIEWS = ("v_signal_gaps", "signal_health_metrics", "v_health_summary",
-              "v_global_conditions")
+# Views read the clock only through v_now and the thresholds only through v_settings. A view
+# that mentions either, or such a view, is "clock-dependent": at_now inlines it with both
+# replaced by bound parameters (:now; :set_<setting>, NULL meaning "as stored").
+CLOCK_SOURCES = ("v_now", "v_settings")
+SETTING_COLUMNS = ("stale_mfe_seconds", "stale_pending_seconds", "silent_seconds",
+                   "sync_seconds", "server_started_at", "first_bar_grace_seconds",
+                   "rate_window_seconds", "rate_warn_at")
 _AT_NOW = {}
 
 
+def _view_bodies(conn):
+    """{view name: its SELECT without comments}, from the schema as stored. (No view has
+    '--' inside a string literal.)"""
+    out = {}
+    for name, sql in conn.execute("SELECT name, sql FROM sqlite_schema WHERE type = 'view'"):
+        head = re.match(r"\s*CREATE\s+VIEW\s+\S+\s+AS\s", sql, re.I)
+        out[name] = re.sub(r"--[^\n]*", "", sql[head.end():])
+    return out
+
+
+def _mentions(body, name):
+    return re.search(rf"\b{name}\b", body) is not None
+
+
+def clock_views(conn):
+    """The names of the views whose rows depend on the clock or the thresholds."""
+    bodies = _view_bodies(conn)
+    found = set(CLOCK_SOURCES)
+    grew = True
+    while grew:
+        grew = False
+        for name, body in bodies.items():
+            if name not in found and any(_mentions(body, f) for f in found):
+                found.add(name)
+                grew = True
+    return sorted(found - set(CLOCK_SOURCES))
+
+
 def at_now(conn, name):
-    """The SQL of a time-dependent view with `v_now` replaced by the parameter :now."""
-    if name not in _AT_NOW:
-        sql = conn.execute("SELECT sql FROM sqlite_schema WHERE type = 'view' AND name = ?",
-                           (name,)).fetchall()[0][0]
-        body = re.split(r"\bAS\b", sql, maxsplit=1)[1]
-        for inner in TIME_VIEWS:
-            if inner != name and re.search(rf"\b{inner}\b", body):
-                body = re.sub(rf"\b{inner}\b", lambda _: f"({at_now(conn, inner)})", body)
-        _AT_NOW[name] = re.sub(r"\bv_now\b", "(SELECT :now AS now)", body)
-    return _AT_NOW[name]
+    """The SQL of a view with every clock-dependent view it reads inlined, and v_now and
+    v_settings replaced by parameters (:now, :set_<setting>)."""
+    bodies = _view_bodies(conn)
+    key = (name, hash(tuple(sorted(bodies.items()))))
+    if key not in _AT_NOW:
+        inline = set(clock_views(conn))
+
+        def expand(view):
+            return re.sub(r"\b(" + "|".join(sorted(inline)) + r")\b",
+                          lambda m: f"({expand(m.group(1))})", bodies[view]) \
+                if inline else bodies[view]
+
+        settings = ", ".join(f"coalesce(:set_{c}, {c}) AS {c}" for c in SETTING_COLUMNS)
+        sources = {"v_now": "(SELECT :now AS now)",
+                   "v_settings": f"(SELECT {settings} FROM v_settings)"}
+        _AT_NOW[key] = re.sub(r"\b(v_now|v_settings)\b", lambda m: sources[m.group(1)],
+                              expand(name))
+    return _AT_NOW[key]
 
 
-def health_query(db, view, now, where="", params=None, conn=None):
-    """Rows of a time-dependent view as of `now` (an aware datetime)."""
+def health_query(db, view, now, where="", params=None, conn=None, settings=None):
+    """Rows of a view as of `now` (an aware datetime), with `settings` (thresholds by name)
+    in place of the stored ones."""
     conn = conn or db.reader()
+    bound = {"now": iso(now), **{f"set_{c}": (settings or {}).get(c) for c in SETTING_COLUMNS}}
     cur = conn.execute(f"SELECT * FROM ({at_now(conn, view)}) {where}",
-                       {"now": iso(now), **(params or {})})
+                       {**bound, **(params or {})})
     try:
         names = [d[0] for d in cur.getdescription()]
     except apsw.ExecutionCompleteError:
@@ -1425,21 +1483,22 @@ def store_health_settings(db, values):
                          (name, str(value)))
 
 
-def health_summary(db, now, conn=None):
+def health_summary(db, now, conn=None, settings=None):
     """{window: row} of v_health_summary as of now, JSON columns parsed."""
     out = {}
-    for row in health_query(db, "v_health_summary", now, conn=conn):
+    for row in health_query(db, "v_health_summary", now, conn=conn, settings=settings):
         row["gaps_by_type"] = json.loads(row["gaps_by_type"] or "{}")
         row["filled_by_tier"] = json.loads(row["filled_by_tier"] or "{}")
         out[row.pop("window")] = row
     return out
 
 
-def health_report(db, now):
-    """Everything /api/health, `sigsync.py health` and the page show."""
-    windows = health_summary(db, now)
+def health_report(db, now, settings=None):
+    """Everything /api/health, `sigsync.py health` and the page show (`settings`: thresholds
+    in place of the stored ones)."""
+    windows = health_summary(db, now, settings=settings)
     recent = windows["7d"] if windows["7d"]["signals"] else windows["all"]
-    conditions = health_query(db, "v_global_conditions", now)
+    conditions = health_query(db, "v_global_conditions", now, settings=settings)
     for c in conditions:
         c["active"] = bool(c["active"])
         c["detail"] = json.loads(c["detail"])
@@ -1453,7 +1512,7 @@ def health_report(db, now):
             "indicator_last_seen": seen[0]["at"] if seen else None}
 
 
-def open_gaps(db, now, *, gap=None, severity=None, trade_id=None, limit=1000):
+def open_gaps(db, now, *, gap=None, severity=None, trade_id=None, limit=1000, settings=None):
     clauses, params = [], {"limit": limit}
     for name, value in (("gap", gap), ("severity", severity), ("trade_id", trade_id)):
         if value is not None:
@@ -1461,7 +1520,7 @@ def open_gaps(db, now, *, gap=None, severity=None, trade_id=None, limit=1000):
             params[name] = value
     where = ("WHERE " + " AND ".join(clauses) if clauses else "") + \
         " ORDER BY severity DESC, gap, trade_id LIMIT :limit"
-    rows = health_query(db, "v_signal_gaps", now, where, params)
+    rows = health_query(db, "v_signal_gaps", now, where, params, settings=settings)
     for r in rows:
         r["evidence"] = json.loads(r["evidence"]) if r["evidence"] else None
     return rows
@@ -1818,7 +1877,9 @@ def _work_set(db, mark, top, full):
 # OPERATIONS
 # ============================================================================================
 
-DERIVED_TABLES = ("signals", "bars", "symbol_prices", "symbol_activity", "signal_gaps")
+# In this order: deleting signals empties signal_gaps and the health aggregates by trigger.
+DERIVED_TABLES = ("signals", "bars", "symbol_prices", "symbol_activity", "signal_gaps",
+                  "health_hours", "health_gap_counts")
 
 
 def rebuild(db, *, now):
@@ -2234,13 +2295,11 @@ def metrics_text(db, now, job_failures=None):
                     "ORDER BY run_id DESC LIMIT 1")
     family("sigsync_sync_last_duration_seconds", "gauge", "Duration of the last pass.",
            [({}, f"{last[0]['s']:.6f}" if last else "NaN")])
-    rows = health_query(db, "v_signal_gaps", now)
-    counts = {}
-    for r in rows:
-        counts[(r["gap"], r["severity"])] = counts.get((r["gap"], r["severity"]), 0) + 1
+    summary = health_summary(db, now)          # its 'all' window counts every open gap
+    counts = {(g, sev): n for g, by in summary["all"]["gaps_by_type"].items()
+              for sev, n in by.items() if n}
     family("sigsync_open_gaps", "gauge", "Open gaps, by type and severity.",
            [({"gap": g, "severity": sev}, n) for (g, sev), n in sorted(counts.items())])
-    summary = health_summary(db, now)
     family("sigsync_health_score", "gauge", "Mean per-signal health score (NaN: no signals).",
            [({"window": w}, "NaN" if summary[w]["score"] is None else summary[w]["score"])
             for w in ("7d", "all")])
@@ -3158,10 +3217,24 @@ def _existing(path):
     return path
 
 
+THRESHOLD_SETTINGS = ("stale_mfe_seconds", "stale_pending_seconds", "silent_seconds",
+                      "sync_seconds")
+
+
+def _given_thresholds(args, config, environ=None):
+    """The health thresholds this command was given (flag or SIGSYNC_* variable): they replace
+    the stored ones (the running server's) for this report; nothing is written."""
+    environ = os.environ if environ is None else environ
+    return {name: getattr(config, name) for name in THRESHOLD_SETTINGS
+            if getattr(args, name, None) is not None
+            or SETTINGS_BY_NAME[name].env in environ
+            or SETTINGS_BY_NAME[name].env + "_FILE" in environ}
+
+
 def cmd_health(args, config):
     db = open_db(_existing(config.db))
     try:
-        report = health_report(db, Clock().now())
+        report = health_report(db, Clock().now(), settings=_given_thresholds(args, config))
     finally:
         db.close()
     if args.json:
@@ -3176,7 +3249,8 @@ def cmd_gaps(args, config):
     db = open_db(_existing(config.db))
     try:
         rows = open_gaps(db, Clock().now(), gap=args.gap, severity=args.severity,
-                         trade_id=args.trade_id, limit=args.limit)
+                         trade_id=args.trade_id, limit=args.limit,
+                         settings=_given_thresholds(args, config))
     finally:
         db.close()
     if args.json:

@@ -337,3 +337,212 @@ def test_health_exits_zero_when_healthy_and_one_under_the_threshold(tmp_path, ca
     capsys.readouterr()
     assert sigsync.main(["health", "--db", path, "--json"]) == 1
     assert json.loads(capsys.readouterr().out)["score"] < 90
+
+
+# --- thresholds are read at query time ---------------------------------------------------
+
+def test_new_thresholds_retime_gaps_already_stored(db, clock):
+    """Rows keep clock-free base instants; a restart with other settings re-times them all."""
+    send(db, clock, **entry())                       # last update at START
+    send(db, clock, **created(OTHER))                # pending since its triangle, 14:00Z
+    at(clock, 300.001)
+    assert "stale_mfe" not in gaps(db, clock)
+    sigsync.store_health_settings(db, {"stale_mfe_seconds": 300,
+                                       "stale_pending_seconds": 300})
+    assert gaps(db, clock)["stale_mfe"] == "expected"
+    assert gaps(db, clock, OTHER)["stale_pending"] == "expected"     # triangle at 14:00Z
+    at(clock, 300)
+    assert "stale_mfe" not in gaps(db, clock)        # the boundary moved with the setting
+    assert "stale_pending" not in gaps(db, clock, OTHER)
+    sigsync.store_health_settings(db, {"stale_mfe_seconds": 600})
+    at(clock, 600.001)
+    assert gaps(db, clock)["stale_mfe"] == "expected"
+    summary = sigsync.health_summary(db, clock.now())["all"]["gaps_by_type"]
+    assert summary["stale_mfe"] == {"abnormal": 0, "expected": 1}
+
+
+def test_thresholds_given_to_a_query_replace_the_stored_ones_without_writing(db, clock):
+    send(db, clock, **entry())
+    at(clock, 400)
+    assert "stale_mfe" not in gaps(db, clock)
+    rows = sigsync.open_gaps(db, clock.now(), trade_id=T, settings={"stale_mfe_seconds": 300})
+    assert "stale_mfe" in {r["gap"] for r in rows}
+    report = sigsync.health_report(db, clock.now(), settings={"stale_mfe_seconds": 300})
+    assert report["windows"]["all"]["gaps_by_type"]["stale_mfe"]["expected"] == 1
+    assert db.query("SELECT value FROM health_settings WHERE name = 'stale_mfe_seconds'")[0][
+        "value"] == "600"
+
+
+def _recent_open_trade(path, seconds_ago):
+    db = sigsync.open_db(path)
+    now = sigsync.Clock().now()
+    trade = (now.astimezone(sigsync.NEW_YORK) - dt.timedelta(hours=1)).strftime(
+        "%Y%m%d_%H%M%S") + "000_BULLISH"
+    sigsync.ingest(db, json.dumps(created(trade)).encode(), now=now)
+    sigsync.ingest(db, json.dumps(entry(trade)).encode(),
+                   now=now - dt.timedelta(seconds=seconds_ago))
+    db.close()
+    return trade
+
+
+def test_health_and_gaps_commands_apply_threshold_flags(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("SIGSYNC_STALE_MFE_SECONDS", raising=False)
+    path = str(tmp_path / "flags.db")
+    trade = _recent_open_trade(path, seconds_ago=400)
+    sigsync.main(["health", "--db", path, "--json"])
+    assert "stale_mfe" not in json.loads(capsys.readouterr().out)["windows"]["all"][
+        "gaps_by_type"]
+    sigsync.main(["health", "--db", path, "--json", "--stale-mfe-seconds", "300"])
+    by_type = json.loads(capsys.readouterr().out)["windows"]["all"]["gaps_by_type"]
+    assert sum(by_type["stale_mfe"].values()) == 1    # abnormal: its SIGNAL_CREATED came since
+    assert sigsync.main(["gaps", "--db", path, "--json", "--gap", "stale_mfe",
+                         "--stale-mfe-seconds", "300"]) == 0
+    assert [r["trade_id"] for r in json.loads(capsys.readouterr().out)] == [trade]
+    monkeypatch.setenv("SIGSYNC_STALE_MFE_SECONDS", "300")      # the EnvironmentFile's way
+    sigsync.main(["gaps", "--db", path, "--json", "--gap", "stale_mfe"])
+    assert len(json.loads(capsys.readouterr().out)) == 1
+    monkeypatch.delenv("SIGSYNC_STALE_MFE_SECONDS")
+    sigsync.main(["gaps", "--db", path, "--json", "--gap", "stale_mfe"])
+    assert json.loads(capsys.readouterr().out) == []            # nothing was stored
+
+
+def test_gaps_json_lists_rows_with_parsed_evidence(tmp_path, capsys):
+    path = str(tmp_path / "gaps.db")
+    trade = _recent_open_trade(path, seconds_ago=0)
+    assert sigsync.main(["gaps", "--db", path, "--json", "--trade-id", trade]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["gap"] for r in rows} >= {"no_confirmation_time", "no_targets"}
+    assert all(set(r) == {"trade_id", "gap", "severity", "since", "filled_by", "weight",
+                          "evidence"} for r in rows)
+    assert [r["severity"] for r in rows] == sorted((r["severity"] for r in rows), reverse=True)
+
+
+def test_sync_json_reports_the_run(tmp_path, capsys):
+    path = str(tmp_path / "sync.db")
+    _recent_open_trade(path, seconds_ago=0)
+    assert sigsync.main(["sync", "--db", path, "--json"]) == 0
+    run = json.loads(capsys.readouterr().out)
+    assert run["outcome"] == "ok" and run["examined"] == 1 and run["changes"] > 0
+    assert set(run) == {"run_id", "outcome", "examined", "changes", "counts", "error"}
+    assert sum(run["counts"].values()) == run["changes"]
+
+
+# --- boundary instants of the other time rules ---------------------------------------------
+
+def test_stale_pending_just_before_the_threshold(db, clock):
+    send(db, clock, **created())                     # triangle at 15:00Z
+    clock.current = dt.datetime(2025, 12, 15, 15, 59, 59, 999000, tzinfo=dt.timezone.utc)
+    assert "stale_pending" not in gaps(db, clock)
+
+
+def test_indicator_silent_just_before(db, clock):
+    sigsync.ingest(db, b'{"event_type": "HEARTBEAT"}', now=clock.now())
+    at(clock, 899.999)
+    assert conditions(db, clock)["indicator_silent"] is False
+
+
+def test_dead_letters_in_the_last_day_boundaries(db, clock):
+    sigsync.reject(db, b"x", sigsync.Rejected("bad", "invalid_json"), now=clock.now())
+    at(clock, 86399.999)
+    assert conditions(db, clock)["dead_letters_24h"] is True
+    at(clock, 86400)                                 # "in the last 24 h" is strict
+    assert conditions(db, clock)["dead_letters_24h"] is False
+
+
+def test_alert_rate_boundaries(db, clock):
+    """12 webhooks within 180 s warn (TradingView cuts an alert off past 15 in 3 minutes)."""
+    for i in range(11):
+        sigsync.ingest(db, b'{"event_type": "HEARTBEAT", "n": %d}' % i, now=clock.now())
+    assert conditions(db, clock)["alert_rate_near_cutoff"] is False      # 11: just below
+    at(clock, 10)
+    sigsync.ingest(db, b'{"event_type": "HEARTBEAT", "n": 11}', now=clock.now())
+    assert conditions(db, clock)["alert_rate_near_cutoff"] is True       # 12: at
+    at(clock, 179.999)
+    assert conditions(db, clock)["alert_rate_near_cutoff"] is True       # all in the window
+    at(clock, 180)
+    assert conditions(db, clock)["alert_rate_near_cutoff"] is False      # the first 11 left
+    at(clock, 10)
+    for i in range(15, 18):                          # 15 alerts in 3 minutes: still warned
+        sigsync.ingest(db, b'{"event_type": "HEARTBEAT", "n": %d}' % i, now=clock.now())
+    detail = [c for c in sigsync.health_report(db, clock.now())["conditions"]
+              if c["condition"] == "alert_rate_near_cutoff"][0]
+    assert detail["active"] and detail["detail"]["requests_in_window"] == 15
+
+
+# --- the API's health history and gap filters ----------------------------------------------
+
+def test_health_history_is_one_row_per_pass_oldest_first(app, db, clock):
+    send(db, clock, **entry())
+    for _ in range(3):
+        sigsync.sync_once(db, now=clock.now())
+        clock.advance(120)
+    sigsync.store_health_settings(db, {})
+    r = app.get("/api/health/history")
+    assert r.status == 200
+    runs = r.json()["runs"]
+    assert [x["run_id"] for x in runs] == sorted(x["run_id"] for x in runs) and len(runs) == 3
+    assert set(runs[0]) == {"run_id", "started_at", "finished_at", "outcome", "trigger",
+                            "examined", "changes", "counts", "error", "score_7d",
+                            "score_all", "abnormal_gaps", "expected_gaps", "gaps_by_type"}
+    assert isinstance(runs[0]["counts"], dict) and isinstance(runs[0]["gaps_by_type"], dict)
+    assert runs[-1]["score_all"] == sigsync.health_report(db, clock.now())["windows"]["all"][
+        "score"]
+    assert [x["run_id"] for x in app.get("/api/health/history?limit=2").json()["runs"]] == \
+        [runs[1]["run_id"], runs[2]["run_id"]]                    # the latest two
+
+
+def test_gaps_api_filters(app, db, clock):
+    send(db, clock, **entry())
+    send(db, clock, **entry(OTHER, mae_global_r=None))
+    every = app.get("/api/gaps").json()
+    assert every["count"] == len(every["gaps"]) > 0
+    only = app.get("/api/gaps?gap=no_mae").json()["gaps"]
+    assert [(g["trade_id"], g["gap"]) for g in only] == [(OTHER, "no_mae")]
+    expected = app.get("/api/gaps?severity=expected").json()["gaps"]
+    assert expected and all(g["severity"] == "expected" for g in expected)
+    mine = app.get(f"/api/gaps?trade_id={T}").json()["gaps"]
+    assert mine and {g["trade_id"] for g in mine} == {T}
+    assert len(app.get("/api/gaps?limit=1").json()["gaps"]) == 1
+
+
+@pytest.mark.parametrize("query", ["gap=nope", "severity=bad", "limit=0", "limit=x",
+                                   "limit=5001"])
+def test_gaps_api_refuses_bad_filters_with_the_one_error_shape(app, query):
+    r = app.get("/api/gaps?" + query)
+    assert r.status == 400
+    body = r.json()
+    assert body["ok"] is False and set(body["error"]) == {"code", "message"}
+    assert body["error"]["message"].split(":")[0] in query
+
+
+# --- at_now runs exactly what the shell runs ------------------------------------------------
+
+@pytest.mark.skipif(shutil.which("sqlite3") is None, reason="Debian package sqlite3 missing")
+def test_at_now_equals_the_stock_shell_with_v_now_pinned_for_every_view(db, clock):
+    """The documented way (schema.sql, v_now): replace v_now in a transaction rolled back."""
+    for at_s, raw in sigsync.demo_payloads(START, seed=5):
+        try:
+            sigsync.ingest(db, raw, now=START + dt.timedelta(seconds=at_s))
+        except sigsync.Rejected as e:
+            sigsync.reject(db, raw, e, now=START + dt.timedelta(seconds=at_s))
+    sigsync.sync_once(db, now=START + dt.timedelta(hours=3))
+    views = [r["name"] for r in db.query("SELECT name FROM sqlite_schema WHERE type = 'view' "
+                                         "AND name NOT IN ('v_now') ORDER BY name")]
+    clocked = set(sigsync.clock_views(db.reader()))
+    assert {"v_signal_gaps", "v_health_summary", "v_global_conditions"} <= clocked
+
+    def norm(rows):
+        return sorted(json.dumps({k: round(v, 9) if isinstance(v, float) else v
+                                  for k, v in r.items()}, sort_keys=True) for r in rows)
+
+    for hours in (3, 6.5, 24 * 8):
+        now = START + dt.timedelta(hours=hours)
+        for view in views:
+            pinned = (f"BEGIN; DROP VIEW v_now; CREATE VIEW v_now AS SELECT "
+                      f"'{sigsync.iso(now)}' AS now; SELECT * FROM {view}; ROLLBACK;")
+            out = subprocess.run(["sqlite3", "-json", "-bail", db.path, pinned],
+                                 capture_output=True, text=True, check=True).stdout
+            shell = json.loads(out) if out.strip() else []
+            ours = sigsync.health_query(db, view, now) if view in clocked else \
+                db.query(f"SELECT * FROM {view}")
+            assert norm(ours) == norm(shell), (view, hours)

@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import sigsync
 from conftest import START
 
-# Fields that are facts of the content, compared across deliveries. Arrival facts
-# (received_at and the like) are equal here because every delivery uses one fixed clock.
+# Fields compared across deliveries: all but bookkeeping. Arrival facts (received_at and the
+# like) are compared too: each body keeps its own arrival instant whatever the order.
 COMPARED = [c for c in sigsync.SIGNAL_COLUMNS if c not in ("fold_state", "conflicts")]
 
 
@@ -71,13 +71,14 @@ def trades(draw):
     return trade_id, events
 
 
-def final_state(bodies):
-    """Deliver the bodies to a fresh database; return the signal rows' compared content."""
+def final_state(bodies, arrival=None):
+    """Deliver the bodies to a fresh database; return the signal rows' compared content.
+    `arrival` maps a body to the server clock when it (and any resend of it) arrives."""
     with tempfile.TemporaryDirectory() as tmp:
         db = sigsync.open_db(f"{tmp}/p.db")
         try:
             for raw in bodies:
-                sigsync.ingest(db, raw, now=START)
+                sigsync.ingest(db, raw, now=arrival[raw] if arrival else START)
             rows = db.query("SELECT * FROM signals ORDER BY trade_id")
             events = db.query("SELECT count(*) AS n FROM events")[0]["n"]
         finally:
@@ -91,14 +92,22 @@ def final_state(bodies):
 def test_any_order_and_duplication_gives_the_in_order_state(data, trade):
     trade_id, events = trade
     bodies = [json.dumps(e).encode() for e in events]
-    expected = final_state(bodies)
+    # each body has its own arrival instant (a resend of it arrives at the same one), so the
+    # arrival facts (first/last received, entry and exit arrivals) are compared too
+    gaps = data.draw(st.lists(st.integers(0, 600_000), min_size=len(bodies),
+                              max_size=len(bodies)), label="ms between arrivals")
+    arrival, at = {}, START
+    for body, gap in zip(bodies, gaps):
+        at += dt.timedelta(milliseconds=gap)
+        arrival.setdefault(body, at)
+    expected = final_state(bodies, arrival)
     shuffled = data.draw(st.permutations(bodies), label="delivery order")
     repeats = data.draw(st.lists(st.sampled_from(bodies), max_size=len(bodies)),
                         label="resent") if bodies else []
     delivery = list(shuffled)
     for body in repeats:                      # resends land anywhere, even before the original
         delivery.insert(data.draw(st.integers(0, len(delivery)), label="at"), body)
-    assert final_state(delivery) == expected
+    assert final_state(delivery, arrival) == expected
 
 
 def test_permutations_of_the_fixture_lifecycle_agree():
