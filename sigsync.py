@@ -1879,7 +1879,7 @@ def _work_set(db, mark, top, full):
 
 # In this order: deleting signals empties signal_gaps and the health aggregates by trigger.
 DERIVED_TABLES = ("signals", "bars", "symbol_prices", "symbol_activity", "signal_gaps",
-                  "health_hours", "health_gap_counts")
+                  "health_hours", "health_gap_counts", "signal_counts")
 
 
 def rebuild(db, *, now):
@@ -2480,11 +2480,27 @@ def _page(db, select, f):
 
 
 def signal_summary(db, f):
-    """Counts by status over every filter but status (so each status keeps its count)."""
-    where, params = f.where(statuses=False)
+    """Counts by status over every filter but status (so each status keeps its count).
+
+    With no time or trade_id filter the answer is a sum over signal_counts (kept by triggers);
+    otherwise the signals themselves are counted, within the time range's part of the index.
+    """
     counts = dict.fromkeys(SIGNAL_STATUSES, 0)
-    for r in db.query(f"SELECT status, count(*) AS n FROM signals WHERE {where} "
-                      "GROUP BY status", params):
+    if f.since or f.until or f.q:
+        where, params = f.where(statuses=False)
+        sql = f"SELECT status, count(*) AS n FROM signals WHERE {where} GROUP BY status"
+    else:
+        clauses, params = [], {}
+        for column, values in (("symbol", (f.symbol,) if f.symbol else ()),
+                               ("session", f.sessions),
+                               ("direction", (f.direction,) if f.direction else ())):
+            if values:
+                names = [f"{column}{i}" for i in range(len(values))]
+                clauses.append(f"{column} IN ({', '.join(':' + n for n in names)})")
+                params.update(zip(names, values))
+        sql = ("SELECT status, sum(n) AS n FROM signal_counts WHERE "
+               f"{' AND '.join(clauses) or '1'} GROUP BY status")
+    for r in db.query(sql, params):
         counts[r["status"]] = r["n"]
     total = sum(counts.values())
     confirmed = counts["ACTIVE"] + counts["EXITED"]
