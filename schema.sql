@@ -667,15 +667,20 @@ SELECT trade_id, gap, severity, since, filled_by, weight, evidence
 
 DROP VIEW IF EXISTS signal_health_metrics;
 -- Per-signal health (the seeds' name): 100 minus the weights of its abnormal gaps, floor 0.
+-- Per signal: a correlated look-up of its own gap rows (primary key prefix), so asking for a
+-- page of signals (WHERE trade_id IN (...)) reads only their gaps, at any table size.
 CREATE VIEW signal_health_metrics AS
-SELECT s.trade_id, s.status,
-       max(0, 100 - coalesce(sum(CASE WHEN g.severity = 'abnormal' THEN g.weight END), 0))
-           AS health_score,
-       count(g.gap) AS open_gaps,
-       coalesce(sum(g.severity = 'abnormal'), 0) AS abnormal_gaps,
-       group_concat(g.gap || ':' || g.severity) AS gaps
-  FROM signals AS s LEFT JOIN v_signal_gaps AS g ON g.trade_id = s.trade_id
- GROUP BY s.trade_id;
+SELECT trade_id, status, max(0, 100 - coalesce(json_extract(h, '$.penalty'), 0)) AS health_score,
+       coalesce(json_extract(h, '$.open'), 0) AS open_gaps,
+       coalesce(json_extract(h, '$.abnormal'), 0) AS abnormal_gaps,
+       json_extract(h, '$.gaps') AS gaps
+  FROM (SELECT s.trade_id, s.status,
+               (SELECT json_object('penalty', sum(CASE WHEN g.severity = 'abnormal'
+                                                       THEN g.weight END),
+                                   'open', count(*), 'abnormal', sum(g.severity = 'abnormal'),
+                                   'gaps', group_concat(g.gap || ':' || g.severity))
+                  FROM v_signal_gaps AS g WHERE g.trade_id = s.trade_id) AS h
+          FROM signals AS s);
 
 DROP VIEW IF EXISTS v_health_summary;
 -- The overall health, one row per window ('7d': signals of the last 7 days by triangle time;

@@ -97,6 +97,7 @@ def test_resending_acknowledged_events_after_a_crash_stores_nothing_twice(server
 
 def hold_exclusive_lock(db_path):
     conn = apsw.Connection(str(db_path))
+    conn.set_busy_timeout(10_000)      # the server may be mid-write (its start-up pass)
     conn.execute("BEGIN EXCLUSIVE")
     return conn
 
