@@ -593,16 +593,30 @@ def _run_batch(conn, batch):
     results = []
     try:
         conn.execute("BEGIN IMMEDIATE")
+        # The job that opens the transaction needs no savepoint: rolling the transaction back
+        # undoes it alone. That keeps a lone request as cheap as before: inside a savepoint
+        # SQLite copies each page a job changes to a sub-journal, which for a webhook's ~30
+        # pages spills to a temporary file (strace: ~30 % more pwrite calls per request).
+        empty = True
         for job in batch:
-            conn.execute("SAVEPOINT job")
+            if not empty:
+                conn.execute("SAVEPOINT job")
             try:
                 results.append((job.func(conn), None))
             except STORAGE_ERRORS:
                 raise                   # the transaction may be gone: the whole batch fails
             except Exception as e:      # this job's own failure: undo its writes only
-                conn.execute("ROLLBACK TO job")
                 results.append((None, e))
-            conn.execute("RELEASE job")
+                if empty:
+                    conn.execute("ROLLBACK")
+                    conn.execute("BEGIN IMMEDIATE")
+                else:
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+            else:
+                if not empty:
+                    conn.execute("RELEASE job")
+                empty = False
             if conn.getautocommit():
                 raise StorageUnavailable("the transaction ended inside a job")
         conn.execute("COMMIT")

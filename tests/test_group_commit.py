@@ -135,22 +135,40 @@ def test_the_fold_of_one_trade_twice_in_a_batch_equals_two_separate_commits(
         separate.close()
 
 
-def test_a_statement_error_in_one_job_does_not_poison_the_batch(db, batches, patient):
+@pytest.mark.parametrize("position", [0, 1, 2])   # the first job runs without a savepoint
+def test_a_statement_error_in_one_job_does_not_poison_the_batch(db, batches, patient, position):
     def broken(conn):
         conn.execute("INSERT INTO counters(name, value) VALUES ('half done', 1)")
         conn.execute("INSERT INTO counters(name, value) VALUES ('half done', 2)")  # PK clash
 
+    funcs = [lambda: sigsync.ingest(db, ENTRY, now=START),
+             lambda: sigsync.ingest(db, MFE, now=START)]
+    funcs.insert(position, lambda: db.transact(broken))
     with db.lock:
-        calls = queue_in_order(db, [lambda: sigsync.ingest(db, ENTRY, now=START),
-                                    lambda: db.transact(broken),
-                                    lambda: sigsync.ingest(db, MFE, now=START)])
-    (first, e1), (_, error), (last, e3) = [c.outcome() for c in calls]
+        calls = queue_in_order(db, funcs)
+    outcomes = [c.outcome() for c in calls]
+    _, error = outcomes.pop(position)
+    (entry, e1), (mfe, e2) = outcomes
     assert batches == [3]
     assert isinstance(error, apsw.ConstraintError)
-    assert (e1, e3) == (None, None)
+    assert (e1, e2) == (None, None)
     assert count(db, "SELECT count(*) AS n FROM counters WHERE name = 'half done'") == 0
     stored = {r["event_id"] for r in db.query("SELECT event_id FROM events")}
-    assert stored == {first.events[0]["event_id"], last.events[0]["event_id"]}
+    assert stored == {entry.events[0]["event_id"], mfe.events[0]["event_id"]}
+    assert signal_row(db, TRADE)["no_be_mfe"] == 0.8
+
+
+def test_a_lone_job_that_fails_leaves_nothing_behind(db, batches):
+    def broken(conn):
+        conn.execute("INSERT INTO counters(name, value) VALUES ('half done', 1)")
+        raise ValueError("no")
+
+    with pytest.raises(ValueError):
+        db.transact(broken)
+    assert batches == [1]
+    assert count(db, "SELECT count(*) AS n FROM counters WHERE name = 'half done'") == 0
+    assert db.writer.getautocommit()
+    assert sigsync.ingest(db, ENTRY, now=START).events[0]["duplicate"] is False
 
 
 def test_a_storage_error_in_one_job_fails_the_whole_batch_and_stores_nothing(
