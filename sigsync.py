@@ -402,9 +402,9 @@ class Database:
     def __init__(self, path, *, autocheckpoint=True):
         self.path = path
         self.lock = threading.Lock()
-        self._jobs = collections.deque()            # _Job, oldest first, not yet started
-        self._jobs_changed = threading.Condition()  # guards _jobs, _leading and Job.state
-        self._leading = False                       # a thread is running (or about to run) a batch
+        self._jobs = collections.deque()        # _Job, oldest first, not yet started
+        self._jobs_mutex = threading.Lock()     # guards _jobs, _leading, _Job.state and .leads
+        self._leading = False                   # some thread leads: runs or is about to run a batch
         self.writer = _connect(path)
         if not autocheckpoint:
             # The server checkpoints from a background job instead (MEASURED.md: it keeps
@@ -429,13 +429,15 @@ class Database:
 
     # Group commit, leader/follower. Every job is queued; the first thread to find no leader
     # becomes the leader: it takes the writer lock, drains what is queued (up to
-    # GROUP_COMMIT_MAX, oldest first), runs each job in its own SAVEPOINT of one IMMEDIATE
-    # transaction, commits once, and only then hands every job its result. The others wait on
-    # a condition and wake with their job done, or to lead the next batch. Nothing waits to
-    # collect a batch: a batch is whatever queued while the previous one held the lock, so a
-    # lone request is written at once, as before, and under load the queue fills by itself.
-    # Chosen over a dedicated writer thread because the uncontended path then costs no thread
-    # hand-off, and there is no extra thread to start, stop and watch (serve, CLI, tests).
+    # GROUP_COMMIT_MAX, oldest first), runs each job in one IMMEDIATE transaction (each after
+    # the first in its own SAVEPOINT), commits once, and only then wakes each job's thread with
+    # its result. If jobs queued meanwhile, it wakes the oldest one's thread to lead the next
+    # batch. Wake-ups are targeted (one one-shot lock per job, not a shared condition), so a
+    # batch wakes exactly its own threads and the next leader, however many threads wait.
+    # Nothing waits to collect a batch: a batch is whatever queued while the previous one held
+    # the lock, so a lone request is written at once, as before, and under load the queue fills
+    # by itself. Chosen over a dedicated writer thread because the uncontended path then costs
+    # no thread hand-off, and there is no extra thread to start, stop and watch.
     def transact(self, func):
         """Run func(conn) in a write transaction, grouped with other waiting jobs.
 
@@ -445,65 +447,70 @@ class Database:
         WRITER_LOCK_SECONDS or the batch failed in the database.
         """
         job = _Job(func, time.monotonic() + WRITER_LOCK_SECONDS)
-        with self._jobs_changed:
+        with self._jobs_mutex:
             self._jobs.append(job)
-            while job.state != _Job.DONE:
-                if not self._leading:
-                    self._leading = True
-                    break
-                if job.state == _Job.QUEUED:
-                    remaining = job.deadline - time.monotonic()
-                    if remaining <= 0:
-                        self._cancel(job)
-                        break
-                    self._jobs_changed.wait(remaining)
-                else:       # started: it commits or fails within the busy timeout, so wait
-                    self._jobs_changed.wait()
-        if job.state != _Job.DONE:
+            follow, self._leading = self._leading, True
+        if follow:
+            self._follow(job)
+        if job.state != _Job.DONE:          # first in, or woken to lead the next batch
             self._lead(job)
         return job.outcome()
 
-    def _cancel(self, job):
-        """A queued job that has not started by its deadline: 503, never written (under the
-        condition)."""
-        self._jobs.remove(job)
-        job.finish(error=StorageUnavailable("the database is busy; retry shortly"))
+    def _follow(self, job):
+        """Wait until the job is done or this thread is to lead; cancel it if still queued at
+        its deadline (503, never written)."""
+        if job.wake.acquire(timeout=max(0.0, job.deadline - time.monotonic())):
+            return
+        with self._jobs_mutex:
+            if job.state == _Job.QUEUED and not job.leads:
+                self._jobs.remove(job)
+                job.finish(error=_busy())
+                return
+        job.wake.acquire()      # started: it commits or fails within the busy timeout
 
     def _lead(self, own):
-        """Run batches until `own` is done, then let another waiting thread lead."""
-        try:
-            while own.state != _Job.DONE:
-                if not self.lock.acquire(timeout=max(0.0, own.deadline - time.monotonic())):
-                    with self._jobs_changed:
-                        if own.state == _Job.QUEUED:
-                            self._cancel(own)
-                    continue
-                try:
-                    with self._jobs_changed:
-                        batch = self._take_batch()
-                    if batch:
-                        _run_batch(self.writer, batch)
-                finally:
-                    self.lock.release()
-                    with self._jobs_changed:
-                        self._jobs_changed.notify_all()
-        finally:
-            with self._jobs_changed:
-                self._leading = False
-                self._jobs_changed.notify_all()
+        """Run batches until `own` is done, then hand the lead to the oldest waiting job."""
+        while own.state != _Job.DONE:
+            wake, ran = [], False
+            try:
+                if self.lock.acquire(timeout=max(0.0, own.deadline - time.monotonic())):
+                    try:
+                        with self._jobs_mutex:
+                            batch, expired = self._take_batch()
+                        wake += expired + batch
+                        if batch:
+                            _run_batch(self.writer, batch)
+                        ran = True
+                    finally:
+                        self.lock.release()
+            finally:
+                with self._jobs_mutex:
+                    if own.state == _Job.QUEUED and not ran:    # the lock never came in time
+                        self._jobs.remove(own)
+                        own.finish(error=_busy())
+                    if own.state == _Job.DONE:
+                        if self._jobs:
+                            self._jobs[0].leads = True
+                            wake.append(self._jobs[0])
+                        else:
+                            self._leading = False
+                for job in wake:
+                    if job is not own:
+                        job.wake.release()
 
     def _take_batch(self):
-        """Up to GROUP_COMMIT_MAX queued jobs, oldest first; expired ones are cancelled, not
-        run (under the condition)."""
-        batch, now = [], time.monotonic()
+        """(up to GROUP_COMMIT_MAX queued jobs, oldest first; the expired ones, cancelled and
+        not run), under the jobs mutex."""
+        batch, expired, now = [], [], time.monotonic()
         while self._jobs and len(batch) < GROUP_COMMIT_MAX:
             job = self._jobs.popleft()
             if job.deadline <= now:
-                job.finish(error=StorageUnavailable("the database is busy; retry shortly"))
+                job.finish(error=_busy())
+                expired.append(job)
             else:
                 job.state = _Job.RUNNING
                 batch.append(job)
-        return batch
+        return batch, expired
 
     def query(self, sql, params=()):
         """Rows as dicts, from this thread's reader."""
@@ -572,11 +579,14 @@ class _Job:
     """One unit of work for Database.transact, and what became of it."""
     QUEUED, RUNNING, DONE = "queued", "running", "done"
 
-    __slots__ = ("func", "deadline", "state", "result", "error")
+    __slots__ = ("func", "deadline", "state", "result", "error", "leads", "wake")
 
     def __init__(self, func, deadline):
         self.func, self.deadline = func, deadline
         self.state, self.result, self.error = _Job.QUEUED, None, None
+        self.leads = False              # its thread is woken to lead the next batch
+        self.wake = threading.Lock()    # released once: done, or to lead
+        self.wake.acquire()
 
     def finish(self, result=None, error=None):
         self.result, self.error, self.state = result, error, _Job.DONE
@@ -585,6 +595,10 @@ class _Job:
         if self.error is not None:
             raise self.error
         return self.result
+
+
+def _busy():
+    return StorageUnavailable("the database is busy; retry shortly")
 
 
 def _run_batch(conn, batch):

@@ -232,10 +232,11 @@ def test_a_job_queued_past_its_deadline_gets_unavailable_and_is_never_written(
 def test_a_leader_does_not_start_a_job_whose_deadline_passed_before_its_thread_woke(db):
     expired = sigsync._Job(lambda conn: "must not run", time.monotonic() - 1)
     fresh = sigsync._Job(lambda conn: "runs", time.monotonic() + 30)
-    with db._jobs_changed:
+    with db._jobs_mutex:
         db._jobs.extend([expired, fresh])
-        batch = db._take_batch()
+        batch, cancelled = db._take_batch()
     assert batch == [fresh] and fresh.state == sigsync._Job.RUNNING
+    assert cancelled == [expired]
     with pytest.raises(sigsync.StorageUnavailable):
         expired.outcome()
 
