@@ -19,7 +19,9 @@ Then a burst of 1,000 distinct events at concurrency 32, checked afterwards in t
 table, and "server choice": the same webhook load and a stalled-client check under waitress and
 under the stdlib wsgiref + ThreadingMixIn, each in its own process. Last, in-process and
 without HTTP, one webhook transaction (sigsync.ingest) against one raw insert: time, and the
-pages each writes to the WAL by b-tree (what COMMIT must fsync), to show where the gap is.
+pages each writes to the WAL by b-tree (what COMMIT must fsync), to show where the gap is; then
+the same webhooks from 4 threads at once, to show what group commit shares (events per
+transaction, counted from the WAL's commit frames).
 
 Webhook bodies are distinct (a duplicate takes a cheaper path): ENTRY events for a pool of 200
 trade_ids (YYYYMMDD_HHMMSSmmm_BULLISH|BEARISH), sent before measuring, then MFE_UPDATE events of
@@ -841,9 +843,30 @@ def _wal_frames(path):
             f.seek(page_size, 1)
 
 
-def write_amplification(workdir, pool, n=300):
+def _wal_commits(path):
+    """How many transactions the frames of a WAL file commit (commit frames carry the size of
+    the database after the commit; the others carry 0)."""
+    import struct
+    commits = 0
+    with open(path + "-wal", "rb") as f:
+        header = f.read(32)
+        if len(header) < 32:
+            return 0
+        page_size = struct.unpack(">I", header[8:12])[0]
+        while True:
+            frame = f.read(24)
+            if len(frame) < 24:
+                return commits
+            commits += struct.unpack(">I", frame[4:8])[0] != 0
+            f.seek(page_size, 1)
+
+
+def write_amplification(workdir, pool, n=300, threads=4):
     """In-process, no HTTP: one webhook transaction (sigsync.ingest) against one raw insert --
-    time each and count the pages each writes to the WAL (what COMMIT must fsync), by b-tree."""
+    time each and count the pages each writes to the WAL (what COMMIT must fsync), by b-tree.
+    Then the same webhooks from `threads` threads at once ("webhook, N threads"), where group
+    commit lets waiting events share a transaction: events per transaction, from the WAL."""
+    import threading
     path = os.path.join(workdir, "amplification.db")
     db = sigsync.open_db(path, autocheckpoint=False)
     try:
@@ -855,26 +878,40 @@ def write_amplification(workdir, pool, n=300):
         with db.write() as conn:
             conn.execute("CREATE TABLE IF NOT EXISTS bench_raw(id INTEGER PRIMARY KEY, body BLOB)")
         out = {}
-        for kind in ("webhook", "reference"):
+        grouped = f"webhook, {threads} threads"
+        for kind in ("webhook", "reference", grouped):
             db.writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            bodies = [mfe_body(pool, 910_000_000 + i) for i in range(n)]
+            seq0 = 910_000_000 if kind != grouped else 920_000_000
+            bodies = [mfe_body(pool, seq0 + i) for i in range(n)]
             t0, c0 = time.perf_counter(), time.process_time()
-            for body in bodies:
-                if kind == "webhook":
+            if kind == "webhook":
+                for body in bodies:
                     sigsync.ingest(db, body, now=clock.now())
-                else:
+            elif kind == "reference":
+                for body in bodies:
                     with db.write() as conn:
                         conn.execute("INSERT INTO bench_raw(body) VALUES (?)", (body,))
+            else:
+                workers = [threading.Thread(target=lambda k: [
+                    sigsync.ingest(db, body, now=clock.now()) for body in bodies[k::threads]],
+                    args=(k,)) for k in range(threads)]
+                for t in workers:
+                    t.start()
+                for t in workers:
+                    t.join()
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
             frames = _wal_frames(path)
+            commits = _wal_commits(path)
             try:
                 owner = dict((p, name) for name, p in db.reader().execute(
                     "SELECT name, pageno FROM dbstat"))
             except apsw.Error:          # SQLite built without the dbstat table
                 owner = {}
             by_btree = collections.Counter(owner.get(p, "(other)") for p in frames)
+            # per event (= per transaction, except in the grouped run)
             out[kind] = {"ms_per_txn": wall / n * 1e3, "cpu_ms_per_txn": cpu / n * 1e3,
                          "wal_pages_per_txn": len(frames) / n,
+                         "events_per_commit": n / commits if commits else None,
                          "by_btree": {k: v / n for k, v in by_btree.most_common()}}
         return out
     finally:
@@ -984,6 +1021,12 @@ def report(results):
           f"raw insert ({r['cpu_ms_per_txn']:.2f} ms CPU). Pages written to the WAL per "
           f"transaction, which COMMIT must fsync: {a['wal_pages_per_txn']:.1f} against "
           f"{r['wal_pages_per_txn']:.1f}; by b-tree: {top}.")
+        g = next((v for k, v in wa.items() if k.startswith("webhook, ")), None)
+        if g:
+            w(f"The same webhooks from {next(k for k in wa if k.startswith('webhook, '))[9:]} "
+              f"at once (group commit): {g['events_per_commit']:.1f} events per transaction, "
+              f"{g['ms_per_txn']:.2f} ms and {g['cpu_ms_per_txn']:.2f} ms CPU per event, "
+              f"{g['wal_pages_per_txn']:.1f} WAL pages per event.")
     ch = results.get("server_choice")
     if ch:
         w("")

@@ -1,0 +1,326 @@
+"""Group commit (Database.transact): waiting writes share one transaction and one fsync, each in
+its own savepoint; an answer is given only after the commit that holds it.
+
+Batches are formed deterministically: the test holds the writer lock (as a sync pass would), so
+the jobs it starts queue up behind it; releasing the lock lets one leader run them all at once.
+"""
+
+import json
+import threading
+import time
+
+import apsw
+import pytest
+
+import sigsync
+from conftest import START, WsgiClient, open_database, signal_row
+
+TRADE = "20251215_094200000_BULLISH"
+ENTRY = json.dumps({"event_type": "ENTRY", "trade_id": TRADE, "direction": "Bullish",
+                    "symbol": "MNQ1!", "entry_price": 25683.5, "stop_loss": 25645,
+                    "mae_global_r": 0}).encode()
+MFE = json.dumps({"event_type": "MFE_UPDATE", "trade_id": TRADE, "symbol": "MNQ1!",
+                  "no_be_mfe": 0.8, "be_mfe": 0.5, "mae_global_r": -0.2,
+                  "current_price": 25700}).encode()
+
+
+class Call(threading.Thread):
+    """Run func() on its own thread; keep its result or its exception."""
+
+    def __init__(self, func):
+        super().__init__(daemon=True)
+        self.func, self.result, self.error = func, None, None
+        self.start()
+
+    def run(self):
+        try:
+            self.result = self.func()
+        except BaseException as e:
+            self.error = e
+
+    def outcome(self):
+        self.join(timeout=30)
+        assert not self.is_alive(), "the call never returned"
+        return self.result, self.error
+
+
+def wait_until(predicate, what):
+    """Poll for a state another thread reaches (not a timing assertion: the bound is generous)."""
+    deadline = time.monotonic() + 20
+    while not predicate():
+        assert time.monotonic() < deadline, f"never: {what}"
+        time.sleep(0.001)
+
+
+@pytest.fixture
+def batches(monkeypatch):
+    """The size of every batch run, in order."""
+    sizes = []
+    run = sigsync._run_batch
+
+    def recording(conn, batch):
+        sizes.append(len(batch))
+        return run(conn, batch)
+
+    monkeypatch.setattr(sigsync, "_run_batch", recording)
+    return sizes
+
+
+@pytest.fixture
+def patient(monkeypatch):
+    """Jobs may wait 30 s in the queue, so a slow machine cannot cancel the batch being built."""
+    monkeypatch.setattr(sigsync, "WRITER_LOCK_SECONDS", 30.0)
+
+
+def queue_in_order(db, funcs):
+    """Start each call once the previous one is queued: the batch runs them in this order."""
+    calls = []
+    for n, func in enumerate(funcs, 1):
+        calls.append(Call(func))
+        wait_until(lambda: len(db._jobs) == n, f"{n} jobs queued")
+    return calls
+
+
+def count(db, sql):
+    return db.query(sql)[0]["n"]
+
+
+def test_mixed_jobs_in_one_batch_each_get_their_own_result(db, batches, patient):
+    def failing(conn):
+        conn.execute("INSERT INTO counters(name, value) VALUES ('written by a failing job', 1)")
+        raise ValueError("this job fails")
+
+    bad = sigsync.Rejected("not json", "invalid_json")
+    with db.lock:
+        calls = queue_in_order(db, [
+            lambda: sigsync.ingest(db, ENTRY, now=START),
+            lambda: db.transact(failing),
+            lambda: sigsync.ingest(db, ENTRY, now=START),                # same body again
+            lambda: sigsync.ingest(db, MFE, now=START),                  # same trade again
+            lambda: sigsync.reject(db, b"{oops", bad, now=START),
+        ])
+    (entry, e1), (_, failure), (again, e3), (mfe, e4), (_, e5) = [c.outcome() for c in calls]
+
+    assert batches == [5]
+    assert (e1, e3, e4, e5) == (None, None, None, None)
+    assert isinstance(failure, ValueError) and str(failure) == "this job fails"
+    assert entry.events[0]["duplicate"] is False
+    assert again.events[0] == {**entry.events[0], "duplicate": True}
+    assert mfe.events[0]["duplicate"] is False
+    # the failing job's write is gone, everything else is there
+    assert count(db, "SELECT count(*) AS n FROM counters WHERE name LIKE 'written by%'") == 0
+    assert count(db, "SELECT count(*) AS n FROM requests") == 3
+    assert count(db, "SELECT count(*) AS n FROM events") == 2
+    assert count(db, "SELECT count(*) AS n FROM rejected WHERE code = 'invalid_json'") == 1
+    assert count(db, "SELECT value AS n FROM counters WHERE name = 'duplicates'") == 1
+    # the MFE was folded on top of the ENTRY written earlier in the same transaction
+    row = signal_row(db, TRADE)
+    assert (row["status"], row["entry_price"], row["no_be_mfe"], row["mae"]) == (
+        "ACTIVE", 25683.5, 0.8, -0.2)
+
+
+def test_the_fold_of_one_trade_twice_in_a_batch_equals_two_separate_commits(
+        db, batches, patient, tmp_path):
+    with db.lock:
+        calls = queue_in_order(db, [lambda: sigsync.ingest(db, ENTRY, now=START),
+                                    lambda: sigsync.ingest(db, MFE, now=START)])
+    assert [c.outcome()[1] for c in calls] == [None, None]
+    assert batches == [2]
+    separate = sigsync.open_db(str(tmp_path / "separate.db"))
+    try:
+        sigsync.ingest(separate, ENTRY, now=START)
+        sigsync.ingest(separate, MFE, now=START)
+        assert signal_row(db, TRADE) == signal_row(separate, TRADE)
+    finally:
+        separate.close()
+
+
+@pytest.mark.parametrize("position", [0, 1, 2])   # the first job runs without a savepoint
+def test_a_statement_error_in_one_job_does_not_poison_the_batch(db, batches, patient, position):
+    def broken(conn):
+        conn.execute("INSERT INTO counters(name, value) VALUES ('half done', 1)")
+        conn.execute("INSERT INTO counters(name, value) VALUES ('half done', 2)")  # PK clash
+
+    funcs = [lambda: sigsync.ingest(db, ENTRY, now=START),
+             lambda: sigsync.ingest(db, MFE, now=START)]
+    funcs.insert(position, lambda: db.transact(broken))
+    with db.lock:
+        calls = queue_in_order(db, funcs)
+    outcomes = [c.outcome() for c in calls]
+    _, error = outcomes.pop(position)
+    (entry, e1), (mfe, e2) = outcomes
+    assert batches == [3]
+    assert isinstance(error, apsw.ConstraintError)
+    assert (e1, e2) == (None, None)
+    assert count(db, "SELECT count(*) AS n FROM counters WHERE name = 'half done'") == 0
+    stored = {r["event_id"] for r in db.query("SELECT event_id FROM events")}
+    assert stored == {entry.events[0]["event_id"], mfe.events[0]["event_id"]}
+    assert signal_row(db, TRADE)["no_be_mfe"] == 0.8
+
+
+def test_a_lone_job_that_fails_leaves_nothing_behind(db, batches):
+    def broken(conn):
+        conn.execute("INSERT INTO counters(name, value) VALUES ('half done', 1)")
+        raise ValueError("no")
+
+    with pytest.raises(ValueError):
+        db.transact(broken)
+    assert batches == [1]
+    assert count(db, "SELECT count(*) AS n FROM counters WHERE name = 'half done'") == 0
+    assert db.writer.getautocommit()
+    assert sigsync.ingest(db, ENTRY, now=START).events[0]["duplicate"] is False
+
+
+def test_a_storage_error_in_one_job_fails_the_whole_batch_and_stores_nothing(
+        db, batches, patient):
+    def disk_trouble(conn):
+        raise apsw.IOError("simulated I/O error")
+
+    with db.lock:
+        calls = queue_in_order(db, [lambda: sigsync.ingest(db, ENTRY, now=START),
+                                    lambda: db.transact(disk_trouble),
+                                    lambda: sigsync.ingest(db, MFE, now=START)])
+    errors = [c.outcome()[1] for c in calls]
+    assert batches == [3]
+    assert all(isinstance(e, sigsync.StorageUnavailable) for e in errors)
+    assert count(db, "SELECT count(*) AS n FROM requests") == 0
+    assert count(db, "SELECT count(*) AS n FROM events") == 0
+
+
+def test_a_batch_that_cannot_begin_answers_unavailable_for_every_job(db, tmp_path, patient):
+    db.writer.setbusytimeout(50)
+    blocker = apsw.Connection(db.path)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        with db.lock:
+            calls = queue_in_order(db, [lambda: sigsync.ingest(db, ENTRY, now=START),
+                                        lambda: sigsync.ingest(db, MFE, now=START)])
+        errors = [c.outcome()[1] for c in calls]
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert all(isinstance(e, sigsync.StorageUnavailable) for e in errors)
+    assert count(db, "SELECT count(*) AS n FROM requests") == 0
+
+
+def test_a_job_queued_past_its_deadline_gets_unavailable_and_is_never_written(
+        db, batches, monkeypatch):
+    inside, release = threading.Event(), threading.Event()
+
+    def slow(conn):
+        conn.execute("INSERT INTO counters(name, value) VALUES ('slow job', 1)")
+        inside.set()
+        assert release.wait(30)
+        return "slow done"
+
+    monkeypatch.setattr(sigsync, "WRITER_LOCK_SECONDS", 30.0)
+    running = Call(lambda: db.transact(slow))
+    assert inside.wait(30)                   # a batch is running and holds the writer
+    monkeypatch.setattr(sigsync, "WRITER_LOCK_SECONDS", 0.05)
+    _, error = Call(lambda: sigsync.ingest(db, ENTRY, now=START)).outcome()
+    assert isinstance(error, sigsync.StorageUnavailable)
+    assert len(db._jobs) == 0                # cancelled: it left the queue
+    release.set()
+    assert running.outcome() == ("slow done", None)
+    assert batches == [1]                    # the expired job never ran
+    assert count(db, "SELECT count(*) AS n FROM requests") == 0
+    assert count(db, "SELECT count(*) AS n FROM counters WHERE name = 'slow job'") == 1
+    # the resend TradingView makes after the 503 is stored normally
+    assert sigsync.ingest(db, ENTRY, now=START).events[0]["duplicate"] is False
+
+
+def test_a_leader_does_not_start_a_job_whose_deadline_passed_before_its_thread_woke(db):
+    expired = sigsync._Job(lambda conn: "must not run", time.monotonic() - 1)
+    fresh = sigsync._Job(lambda conn: "runs", time.monotonic() + 30)
+    with db._jobs_mutex:
+        db._jobs.extend([expired, fresh])
+        batch, cancelled = db._take_batch()
+    assert batch == [fresh] and fresh.state == sigsync._Job.RUNNING
+    assert cancelled == [expired]
+    with pytest.raises(sigsync.StorageUnavailable):
+        expired.outcome()
+
+
+def test_a_job_waiting_for_a_held_writer_lock_gets_unavailable(db, monkeypatch):
+    monkeypatch.setattr(sigsync, "WRITER_LOCK_SECONDS", 0.05)
+    with db.lock:                            # e.g. a long sync pass
+        _, error = Call(lambda: sigsync.ingest(db, ENTRY, now=START)).outcome()
+    assert isinstance(error, sigsync.StorageUnavailable)
+    assert not db._leading and len(db._jobs) == 0
+    assert count(db, "SELECT count(*) AS n FROM requests") == 0
+
+
+def test_batches_are_capped(db, batches, patient, monkeypatch):
+    monkeypatch.setattr(sigsync, "GROUP_COMMIT_MAX", 3)
+    bodies = [json.dumps({"event_type": "HEARTBEAT", "n": i}).encode() for i in range(7)]
+    with db.lock:
+        calls = queue_in_order(db, [lambda b=b: sigsync.ingest(db, b, now=START)
+                                    for b in bodies])
+    assert [c.outcome()[1] for c in calls] == [None] * 7
+    assert batches == [3, 3, 1]
+    assert count(db, "SELECT count(*) AS n FROM requests") == 7
+
+
+def test_a_lone_write_does_not_wait_for_company(db, batches):
+    for i in range(3):
+        sigsync.ingest(db, json.dumps({"event_type": "HEARTBEAT", "n": i}).encode(), now=START)
+    assert batches == [1, 1, 1]
+
+
+def test_concurrent_webhooks_through_the_app_are_all_stored(db, clock, config, batches):
+    client = WsgiClient(sigsync.make_app(db, clock, config))
+    bodies = [json.dumps({"event_type": "MFE_UPDATE", "trade_id": TRADE, "symbol": "MNQ1!",
+                          "no_be_mfe": i / 100, "be_mfe": 0, "mae_global_r": -0.1,
+                          "current_price": 25600 + i}).encode() for i in range(240)]
+    bodies += bodies[:40]                                     # resends: duplicates
+    answers = [None] * len(bodies)
+
+    def post(k):
+        for i in range(k, len(bodies), 12):
+            r = client.post("/api/automated-signals/webhook", bodies[i])
+            answers[i] = (r.status, r.json())
+
+    threads = [threading.Thread(target=post, args=(k,)) for k in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stored = {r["event_id"]: json.loads(r["payload"])
+              for r in db.query("SELECT event_id, payload FROM events")}
+    assert len(stored) == 240
+    for i, (status, answer) in enumerate(answers):
+        assert status == 200
+        assert stored[answer["event_id"]]["no_be_mfe"] == json.loads(bodies[i])["no_be_mfe"]
+    assert sum(a["duplicate"] for _, a in answers) == 40
+    assert sum(batches) == len(bodies)
+    assert signal_row(db, TRADE)["no_be_mfe"] == 2.39          # the running maximum
+
+
+def test_every_2xx_from_a_real_server_under_concurrency_is_in_events(server, tmp_path):
+    s = server(db_path=tmp_path / "many.db")
+    bodies = [json.dumps({"event_type": "MFE_UPDATE", "symbol": "MNQ1!",
+                          "trade_id": f"20251215_{9 + i % 6:02d}{i % 60:02d}00000_BULLISH",
+                          "no_be_mfe": i / 1000, "be_mfe": 0, "mae_global_r": -0.1,
+                          "current_price": 25600 + i}).encode() for i in range(600)]
+    bodies += bodies[::10]                                    # resends in the same storm
+    answers = {}
+
+    def post(k):
+        for i in range(k, len(bodies), 24):
+            answers[i] = s.post(bodies[i], content_type="text/plain")
+
+    threads = [threading.Thread(target=post, args=(k,)) for k in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    s.stop()
+    assert sorted(status for status, _ in answers.values()) == [200] * len(bodies)
+    with open_database(s.db_path) as db:
+        stored = {r["event_id"]: json.loads(r["payload"])
+                  for r in db.query("SELECT event_id, payload FROM events")}
+        assert count(db, "SELECT count(*) AS n FROM requests") == len(bodies)
+    assert len(stored) == 600
+    for i, (_, answer) in answers.items():
+        assert stored[answer["event_id"]]["no_be_mfe"] == json.loads(bodies[i])["no_be_mfe"]
+    assert sum(answer["duplicate"] for _, answer in answers.values()) == 60
