@@ -2,6 +2,12 @@
 """sigsync benchmark: the webhook path against a bare durable insert and a bare 200 route.
 
     python tests/bench.py [--quick] [--json FILE] [--profile] [--client python|wrk] [--keep]
+                          [--parts http,sync,read] [--sync-sizes N,N,N] [--read-signals N]
+
+Three parts, each printing its table and the ratios its issue asks for: `http` (below),
+`sync` (tests/bench_sync.py: the reconciliation pass at 10k/100k/1M stored events with 100 new
+events, a full pass, and /api/health over 100k signals) and `read` (tests/bench_read.py: the
+all-signals API and its filters at 100k signals).
 
 What it measures, in one run against one server process (tests/bench_server.py: sigsync's real
 app from make_app, served by sigsync.HttpServer with the same waitress thread count as `serve`,
@@ -1068,7 +1074,16 @@ def main(argv=None):
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument("--duration", type=float, default=None, help="seconds per run")
     parser.add_argument("--reps", type=int, default=None, help="repetitions of the matrix")
+    parser.add_argument("--parts", default="http,sync,read",
+                        help="comma list of: http (webhook matrix, burst, server choice), sync "
+                             "(reconciliation pass and health vs history size: bench_sync.py), "
+                             "read (the all-signals API at 100k signals: bench_read.py)")
+    parser.add_argument("--sync-sizes", default="10000,100000,1000000",
+                        help="stored events for the sync part")
+    parser.add_argument("--read-signals", type=int, default=100_000,
+                        help="signals for the read part")
     args = parser.parse_args(argv)
+    parts = set(args.parts.split(","))
     args.duration = args.duration or (1.0 if args.quick else 3.0)
     args.reps = args.reps or (1 if args.quick else 3)
     args.warmup = 0.25 if args.quick else 0.5
@@ -1077,12 +1092,29 @@ def main(argv=None):
     args.burst = 1000
     if args.client == "wrk" and not shutil.which("wrk"):
         parser.error("wrk is not installed (Debian: apt-get install wrk)")
-    results = run(args)
-    print(report(results))
-    if results.get("profile"):
-        print("\nProfile of the webhook path (server side, c=8, "
-              f"{results['profile']['rps_under_profiler']:.0f} req/s under the profiler):\n")
-        print(results["profile"]["text"])
+    results = {}
+    if "http" in parts:
+        results = run(args)
+        print(report(results))
+        if results.get("profile"):
+            print("\nProfile of the webhook path (server side, c=8, "
+                  f"{results['profile']['rps_under_profiler']:.0f} req/s under the profiler):\n")
+            print(results["profile"]["text"])
+    if "sync" in parts:                  # issue #3 Done 5 and issue #4 Done 5
+        import bench_sync
+        print()
+        results["sync"] = bench_sync.run(tuple(int(n) for n in args.sync_sizes.split(",")),
+                                         repeats=1 if args.quick else 3)
+        r = results["sync_gapped"] = bench_sync.gapped(args.read_signals,
+                                                       bench_sync.random.Random(1))
+        print(f"\nHealth over {r['signals']} signals that all have gaps ({r['gap_rows']} gap "
+              f"rows): v_health_summary {r['summary_view_ms']:.1f} ms, health_report "
+              f"{r['health_report_ms']:.1f} ms, GET /api/health {r['api_health_ms']:.1f} ms "
+              "(target < 50 ms)")
+    if "read" in parts:                  # issue #5 Done 3
+        import bench_read
+        print()
+        results["read"] = bench_read.run(args.read_signals, rounds=3 if args.quick else 7)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2, default=str)

@@ -67,7 +67,8 @@ def build(path, n_signals, rng):
                     _, [normalised] = sigsync.normalise(json.loads(raw))
                     request_id = sigsync._insert_request(conn, now, "127.0.0.1", "/bench",
                                                          None, raw, "import")
-                    sigsync._store_event(conn, request_id, now, normalised, None, derive=False)
+                    sigsync._store_event(conn, request_id, now, normalised, None,
+                                         *sigsync._dedup_key(normalised), derive=False)
     end = START + dt.timedelta(minutes=3 * n_signals + 5)
     sigsync.refold(db, now=end)
     sigsync.sync_once(db, now=end, full=True)
@@ -81,6 +82,9 @@ def run(n_signals=100_000, rounds=7, out=print):
         db, now = build(os.path.join(tmp, "read.db"), n_signals, rng)
         built_s = time.perf_counter() - t0
         signals = db.query("SELECT count(*) AS n FROM signals")[0]["n"]
+        day = db.query("SELECT signal_date FROM signals WHERE trade_id = (SELECT trade_id "
+                       "FROM signals ORDER BY id_time LIMIT 1 OFFSET ?)", (signals // 2,))[0][
+            "signal_date"]
         some = db.query("SELECT trade_id FROM signals ORDER BY id_time DESC LIMIT 1 OFFSET ?",
                         (signals // 2,))[0]["trade_id"]
         server = sigsync.HttpServer(sigsync.make_app(db, sigsync.FixedClock(now),
@@ -118,7 +122,7 @@ def run(n_signals=100_000, rounds=7, out=print):
                 ("session=NY AM", base + "?session=NY%20AM"),
                 ("direction+symbol+status", base + "?direction=Bearish&symbol=NQ1!"
                                                    "&status=exited"),
-                ("one New York day", base + "?since=2024-02-05&until=2024-02-05"),
+                ("one New York day", base + f"?since={day}&until={day}"),
                 ("q=substring", base + "?q=_0931"),
                 (f"page {deep + 1} (cursor)", base + f"?limit=100&cursor={cursor}"),
                 ("cancelled-signals", "/api/automated-signals/cancelled-signals"),

@@ -82,7 +82,8 @@ def build(path, n_events, rng):
                     _, [normalised] = sigsync.normalise(json.loads(raw))
                     request_id = sigsync._insert_request(conn, now, "127.0.0.1", "/bench",
                                                          None, raw, "import")
-                    sigsync._store_event(conn, request_id, now, normalised, None, derive=False)
+                    sigsync._store_event(conn, request_id, now, normalised, None,
+                                         *sigsync._dedup_key(normalised), derive=False)
                     made += 1
                 n += 1
                 if made >= n_events:
@@ -198,7 +199,7 @@ def gapped(n, rng):
                     request_id = sigsync._insert_request(conn, received, "127.0.0.1", "/bench",
                                                          None, raw, "import")
                     sigsync._store_event(conn, request_id, received, normalised, None,
-                                         derive=False)
+                                         *sigsync._dedup_key(normalised), derive=False)
         t0 = time.perf_counter()
         sigsync.refold(db, now=end)
         fold_s = time.perf_counter() - t0
