@@ -492,39 +492,34 @@ CREATE TRIGGER signals_ad_gaps AFTER DELETE ON signals BEGIN
 END;
 
 -- signal_counts: +1 for a new signal's key, -1 for a deleted one's, both when a key column
--- changes (a late SIGNAL_CREATED names the session; an ENTRY changes the status).
+-- changes (a late SIGNAL_CREATED names the session; an ENTRY changes the status). Rows that
+-- fall to zero are removed (the table holds a few hundred rows at most).
 DROP TRIGGER IF EXISTS signals_ai_counts;
 CREATE TRIGGER signals_ai_counts AFTER INSERT ON signals BEGIN
-    INSERT INTO signal_counts(symbol, session, direction, status, n)
-    VALUES (coalesce(NEW.symbol, ''), coalesce(NEW.session, ''), coalesce(NEW.direction, ''),
-            NEW.status, 1)
-    ON CONFLICT DO UPDATE SET n = n + 1;
+    INSERT INTO signal_counts VALUES (coalesce(NEW.symbol, ''), coalesce(NEW.session, ''),
+                                      coalesce(NEW.direction, ''), NEW.status, 1)
+    ON CONFLICT DO UPDATE SET n = n + excluded.n;
 END;
 
 DROP TRIGGER IF EXISTS signals_au_counts;
 CREATE TRIGGER signals_au_counts AFTER UPDATE OF symbol, session, direction, status ON signals
 WHEN OLD.symbol IS NOT NEW.symbol OR OLD.session IS NOT NEW.session
   OR OLD.direction IS NOT NEW.direction OR OLD.status IS NOT NEW.status BEGIN
-    UPDATE signal_counts SET n = n - 1
-     WHERE (symbol, session, direction, status) = (coalesce(OLD.symbol, ''),
-            coalesce(OLD.session, ''), coalesce(OLD.direction, ''), OLD.status);
-    DELETE FROM signal_counts WHERE n = 0 AND (symbol, session, direction, status) = (
-           coalesce(OLD.symbol, ''), coalesce(OLD.session, ''), coalesce(OLD.direction, ''),
-           OLD.status);
-    INSERT INTO signal_counts(symbol, session, direction, status, n)
-    VALUES (coalesce(NEW.symbol, ''), coalesce(NEW.session, ''), coalesce(NEW.direction, ''),
-            NEW.status, 1)
-    ON CONFLICT DO UPDATE SET n = n + 1;
+    INSERT INTO signal_counts VALUES
+        (coalesce(OLD.symbol, ''), coalesce(OLD.session, ''), coalesce(OLD.direction, ''),
+         OLD.status, -1),
+        (coalesce(NEW.symbol, ''), coalesce(NEW.session, ''), coalesce(NEW.direction, ''),
+         NEW.status, 1)
+    ON CONFLICT DO UPDATE SET n = n + excluded.n;
+    DELETE FROM signal_counts WHERE n = 0;
 END;
 
 DROP TRIGGER IF EXISTS signals_ad_counts;
 CREATE TRIGGER signals_ad_counts AFTER DELETE ON signals BEGIN
-    UPDATE signal_counts SET n = n - 1
-     WHERE (symbol, session, direction, status) = (coalesce(OLD.symbol, ''),
-            coalesce(OLD.session, ''), coalesce(OLD.direction, ''), OLD.status);
-    DELETE FROM signal_counts WHERE n = 0 AND (symbol, session, direction, status) = (
-           coalesce(OLD.symbol, ''), coalesce(OLD.session, ''), coalesce(OLD.direction, ''),
-           OLD.status);
+    UPDATE signal_counts SET n = n - 1 WHERE symbol = coalesce(OLD.symbol, '')
+       AND session = coalesce(OLD.session, '') AND direction = coalesce(OLD.direction, '')
+       AND status = OLD.status;
+    DELETE FROM signal_counts WHERE n = 0;
 END;
 
 -- health_hours: the signal counts. A signal's hour never changes (id_time comes from trade_id).

@@ -27,6 +27,9 @@ sys.path.insert(0, ROOT)
 
 import sigsync  # noqa: E402
 
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+import bench_sync  # noqa: E402
+
 START = dt.datetime(2024, 1, 2, 14, 0, tzinfo=dt.timezone.utc)
 SYMBOLS = ("MNQ1!", "MES1!", "NQ1!", "ES1!")
 
@@ -63,12 +66,7 @@ def build(path, n_signals, rng):
             for n in range(start, min(start + 1000, n_signals)):
                 now = sigsync.iso(START + dt.timedelta(minutes=3 * n + 1))
                 for payload in signal_events(n, rng):
-                    raw = json.dumps(payload).encode()
-                    _, [normalised] = sigsync.normalise(json.loads(raw))
-                    request_id = sigsync._insert_request(conn, now, "127.0.0.1", "/bench",
-                                                         None, raw, "import")
-                    sigsync._store_event(conn, request_id, now, normalised, None,
-                                         *sigsync._dedup_key(normalised), derive=False)
+                    bench_sync.store_raw(conn, payload, now)
     end = START + dt.timedelta(minutes=3 * n_signals + 5)
     sigsync.refold(db, now=end)
     sigsync.sync_once(db, now=end, full=True)

@@ -65,6 +65,17 @@ def trade_events(n, rng):
     return out
 
 
+def store_raw(conn, payload, received):
+    """Store one payload as an imported request and its event, without folding (bulk loads
+    call sigsync.refold once at the end): the real normalisation, none of the per-event fold."""
+    raw = json.dumps(payload).encode()
+    _, [normalised] = sigsync.normalise(json.loads(raw))
+    request_id = sigsync._insert_request(conn, received, "127.0.0.1", "/bench", None, raw,
+                                         "import")
+    sigsync._store_event(conn, request_id, received, normalised, None,
+                         *sigsync._dedup_key(normalised), derive=False)
+
+
 def build(path, n_events, rng):
     """Bulk-load ~n_events through the real normalisation, then fold and run a full pass."""
     db = sigsync.open_db(path)
@@ -78,12 +89,7 @@ def build(path, n_events, rng):
                     open_trades.append(events[0]["trade_id"])
                 now = sigsync.iso(START + dt.timedelta(minutes=3 * n + 1))
                 for payload in events:
-                    raw = json.dumps(payload).encode()
-                    _, [normalised] = sigsync.normalise(json.loads(raw))
-                    request_id = sigsync._insert_request(conn, now, "127.0.0.1", "/bench",
-                                                         None, raw, "import")
-                    sigsync._store_event(conn, request_id, now, normalised, None,
-                                         *sigsync._dedup_key(normalised), derive=False)
+                    store_raw(conn, payload, now)
                     made += 1
                 n += 1
                 if made >= n_events:
@@ -194,12 +200,7 @@ def gapped(n, rng):
                     events.append({**body, "event_type": "EXIT_SL", "exit_price": 24980.0})
                 received = sigsync.iso(end - ago + dt.timedelta(minutes=2))
                 for payload in events:
-                    raw = json.dumps(payload).encode()
-                    _, [normalised] = sigsync.normalise(json.loads(raw))
-                    request_id = sigsync._insert_request(conn, received, "127.0.0.1", "/bench",
-                                                         None, raw, "import")
-                    sigsync._store_event(conn, request_id, received, normalised, None,
-                                         *sigsync._dedup_key(normalised), derive=False)
+                    store_raw(conn, payload, received)
         t0 = time.perf_counter()
         sigsync.refold(db, now=end)
         fold_s = time.perf_counter() - t0
