@@ -22,7 +22,8 @@ sys.path.insert(0, str(ROOT))
 
 import sigsync  # noqa: E402
 
-FIXTURES = ROOT.parent / "shared" / "fixtures" / "origin-payloads.json"
+# A copy of the shared fixtures (../shared/fixtures/origin-payloads.json), so a clone tests alone.
+FIXTURES = ROOT / "tests" / "fixtures" / "origin-payloads.json"
 START = dt.datetime(2025, 12, 15, 14, 0, tzinfo=dt.timezone.utc)
 
 

@@ -1,6 +1,6 @@
 """The original indicator's real payloads, end to end against a real `sigsync.py serve` process.
 
-Every fixture of shared/fixtures/origin-payloads.json is posted twice, first as
+Every fixture of tests/fixtures/origin-payloads.json (a copy of shared/fixtures) is posted twice, first as
 `application/json` then as `text/plain` (SPEC §1.1, §7.1), to one server. The expected answers
 and the expected signal rows are worked out here from the payloads and SPEC §1-§2, not copied
 from what the code returns.
