@@ -407,7 +407,7 @@ class Database:
         self.lock = threading.Lock()
         self._jobs = collections.deque()        # _Job, oldest first, not yet started
         self._jobs_mutex = threading.Lock()     # guards _jobs, _leading, _Job.state and .leads
-        self._leading = False                   # some thread leads: runs or is about to run a batch
+        self._leading = False                   # a thread runs (or is about to run) a batch
         self.writer = _connect(path)
         if not autocheckpoint:
             # The server checkpoints from a background job instead (MEASURED.md: it keeps
@@ -605,8 +605,9 @@ def _busy():
 
 
 def _run_batch(conn, batch):
-    """One IMMEDIATE transaction, each job in its own SAVEPOINT, one COMMIT; then every job is
-    finished: its result only if the COMMIT returned (the caller holds the writer lock)."""
+    """One IMMEDIATE transaction, each job after the first in its own SAVEPOINT, one COMMIT;
+    then every job is finished: its result only if the COMMIT returned (the caller holds the
+    writer lock)."""
     results = []
     try:
         conn.execute("BEGIN IMMEDIATE")
