@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Regenerate docs/screenshot.png: the page over the demo session, in headless chromium.
+"""Regenerate static/screenshot.png: the page over the demo session, in headless chromium.
 
-    python tests/screenshot.py [--out docs/screenshot.png] [--detail]
+    python tests/screenshot.py [--out static/screenshot.png] [--detail]
 
 Builds a throwaway database with the same data as tests/test_page.py (the demo session, two
 signals of another symbol, price bars under one trade), serves it with `sigsync.py serve` on a
@@ -23,7 +23,7 @@ from playwright.sync_api import expect, sync_playwright  # noqa: E402
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=str(ROOT / "docs" / "screenshot.png"))
+    parser.add_argument("--out", default=str(ROOT / "static" / "screenshot.png"))
     parser.add_argument("--detail", action="store_true", help="open the trade with bars")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
