@@ -2177,8 +2177,10 @@ def demo_payloads(start, *, seed=7, signals=24):
         i = 7 * n + rng.randint(0, 3)                        # the triangle bar
         tri = t0 + dt.timedelta(minutes=i)
         bullish = rng.random() < 0.55
-        if _confirming_bar(bars, i, bullish) is None and rng.random() < 0.7:
+        confirm = _confirming_bar(bars, i, bullish)
+        if confirm is None and rng.random() < 0.7:
             bullish = not bullish           # the indicator prints more winners than a coin
+            confirm = _confirming_bar(bars, i, bullish)
         direction = "Bullish" if bullish else "Bearish"
         sign = 1 if bullish else -1
         trade_id = tri.strftime("%Y%m%d_%H%M%S") + "000_" + direction.upper()
@@ -2193,7 +2195,6 @@ def demo_payloads(start, *, seed=7, signals=24):
                                      "setup": {"setup_family": "FVG_CORE",
                                                "setup_variant": "PENDING_CONFIRMATION"},
                                      "market_state": {"trend_regime": direction}}))
-        confirm = _confirming_bar(bars, i, bullish)
         if confirm is None or rng.random() < 0.1:
             # Not confirmed in six bars: the indicator cancels it when the opposite triangle
             # prints, or (every third time) says nothing and reconciliation has to infer it.
@@ -2578,21 +2579,16 @@ class SignalFilter:
             f.cursor = decode_cursor(raw)
         return f
 
+    def key_filters(self, *, statuses=True):
+        """{column: allowed values} of the filters on whole column values."""
+        out = {"status": self.statuses if statuses else (), "session": self.sessions,
+               "direction": (self.direction,) if self.direction else (),
+               "symbol": (self.symbol,) if self.symbol else ()}
+        return {column: values for column, values in out.items() if values}
+
     def where(self, *, statuses=True):
         """(SQL condition, parameters) for every filter but the cursor."""
-        clauses, params = [], {}
-        if statuses and self.statuses:
-            names = [f"st{i}" for i in range(len(self.statuses))]
-            clauses.append(f"status IN ({', '.join(':' + n for n in names)})")
-            params.update(zip(names, self.statuses))
-        if self.sessions:
-            names = [f"se{i}" for i in range(len(self.sessions))]
-            clauses.append(f"session IN ({', '.join(':' + n for n in names)})")
-            params.update(zip(names, self.sessions))
-        for column, value in (("direction", self.direction), ("symbol", self.symbol)):
-            if value is not None:
-                clauses.append(f"{column} = :{column}")
-                params[column] = value
+        clauses, params = _in_clauses(self.key_filters(statuses=statuses))
         if self.since:
             clauses.append("id_time >= :since")
             params["since"] = self.since
@@ -2603,6 +2599,16 @@ class SignalFilter:
             clauses.append("instr(upper(trade_id), upper(:q)) > 0")
             params["q"] = self.q
         return (" AND ".join(clauses) or "1"), params
+
+
+def _in_clauses(allowed):
+    """([SQL "column IN (...)"], parameters) for {column: allowed values}."""
+    clauses, params = [], {}
+    for column, values in allowed.items():
+        names = [f"{column}_{i}" for i in range(len(values))]
+        clauses.append(f"{column} IN ({', '.join(':' + n for n in names)})")
+        params.update(zip(names, values))
+    return clauses, params
 
 
 def _filter_time(raw, name, *, end):
@@ -2648,9 +2654,9 @@ def decode_cursor(raw):
 def _page(db, select, f):
     """Rows of one page and the cursor of the next, newest first.
 
-    One query per status, each an ordered range of the (status, id_time, trade_id) index (or
-    (symbol, status, ...) with a symbol filter), merged here: no sort of all matching rows, so a
-    page costs the same at 100k signals as at 1k, whatever the filters.
+    One query per status, each an ordered range of the signals_status (status, id_time) index,
+    merged here: no sort of all matching rows, so a page reads at most limit + 1 rows per
+    status however many signals match.
     """
     where, params = f.where(statuses=False)
     if f.cursor:
@@ -2681,14 +2687,7 @@ def signal_summary(db, f):
         where, params = f.where(statuses=False)
         sql = f"SELECT status, count(*) AS n FROM signals WHERE {where} GROUP BY status"
     else:
-        clauses, params = [], {}
-        for column, values in (("symbol", (f.symbol,) if f.symbol else ()),
-                               ("session", f.sessions),
-                               ("direction", (f.direction,) if f.direction else ())):
-            if values:
-                names = [f"{column}{i}" for i in range(len(values))]
-                clauses.append(f"{column} IN ({', '.join(':' + n for n in names)})")
-                params.update(zip(names, values))
+        clauses, params = _in_clauses(f.key_filters(statuses=False))
         sql = ("SELECT status, sum(n) AS n FROM signal_counts WHERE "
                f"{' AND '.join(clauses) or '1'} GROUP BY status")
     for r in db.query(sql, params):
@@ -2701,12 +2700,11 @@ def signal_summary(db, f):
 
 
 def signal_health(db, now, trade_ids):
-    """{trade_id: (health_score, open_gaps, abnormal_gaps)} from signal_health_metrics."""
+    """{trade_id: its signal_health_metrics row (health_score, open_gaps, abnormal_gaps)}."""
     if not trade_ids:
         return {}
-    marks = ", ".join(f":t{i}" for i in range(len(trade_ids)))
-    rows = health_query(db, "signal_health_metrics", now, f"WHERE trade_id IN ({marks})",
-                        {f"t{i}": t for i, t in enumerate(trade_ids)})
+    [clause], params = _in_clauses({"trade_id": trade_ids})
+    rows = health_query(db, "signal_health_metrics", now, f"WHERE {clause}", params)
     return {r["trade_id"]: r for r in rows}
 
 
@@ -2731,7 +2729,8 @@ def list_cancelled(db, f):
     for r in rows:
         source, confidence = json.loads(r.pop("provenance")).get("cancelled_at", (None, None))
         r["data_source"], r["confidence"] = source, confidence
-    total = db.query("SELECT count(*) AS n FROM signals WHERE " + f.where()[0], f.where()[1])
+    where, params = f.where()
+    total = db.query(f"SELECT count(*) AS n FROM signals WHERE {where}", params)
     return {"signals": rows, "count": len(rows), "next_cursor": cursor, "total": total[0]["n"]}
 
 
@@ -2803,7 +2802,7 @@ def list_bars(db, symbol, since=None, until=None, limit=5000):
 # WEB APP
 # ============================================================================================
 
-STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+STATIC_DIR = os.path.join(HERE, "static")
 WEBHOOK_PATHS = ("/api/automated-signals/webhook", "/api/automated-signals", "/webhook")
 
 
@@ -3017,15 +3016,14 @@ def make_app(db, clock, config):
     @app.get("/api/gaps")
     @reading
     def api_gaps():
-        query = bottle.request.query
-        severity = query.get("severity") or None
+        severity = query_get("severity") or None
         if severity not in (None, "expected", "abnormal"):
             raise BadRequest("severity: expected 'expected' or 'abnormal'")
-        gap = query.get("gap") or None
+        gap = query_get("gap") or None
         if gap is not None and not db.query("SELECT 1 FROM gap_types WHERE gap = ?", (gap,)):
             raise BadRequest(f"gap: unknown gap type {gap[:40]!r}")
         rows = open_gaps(db, clock.now(), gap=gap, severity=severity,
-                         trade_id=query.get("trade_id") or None,
+                         trade_id=query_get("trade_id") or None,
                          limit=_int_param("limit", 500, 1, 5000))
         return {"count": len(rows), "gaps": rows}
 
