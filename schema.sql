@@ -25,8 +25,10 @@ CREATE TABLE requests (
     source       TEXT NOT NULL DEFAULT 'webhook'
                  CHECK (source IN ('webhook', 'import', 'replay', 'demo'))
 );
-CREATE INDEX requests_source_received ON requests(source, received_at);  -- last seen, rate
-CREATE INDEX requests_received ON requests(received_at);                  -- import: seen?
+-- The only index: every webhook writes each index of the log, and each page it touches is
+-- written to the WAL and fsynced before the answer. "Last webhook" and "requests in the rate
+-- window" read it backwards from now; import's "seen?" looks up one instant.
+CREATE INDEX requests_received ON requests(received_at);
 
 -- One row per distinct event. A batch request yields one row per element; an exact duplicate
 -- (same type, trade and content) yields none (it is acknowledged with "duplicate": true).
@@ -47,7 +49,7 @@ CREATE TABLE events (
     dedup_key    TEXT NOT NULL UNIQUE      -- sha256 of type, trade and canonical content
 );
 CREATE INDEX events_trade ON events(trade_id, event_id);
-CREATE INDEX events_type_received ON events(event_type, received_at);
+-- No index by type: counts by type are kept in `counters` ('events:<TYPE>').
 
 ------------------------------------------------------------------------------------------------
 -- Dead letters: requests that were refused with a 4xx. Not part of the log: bounded (the oldest
@@ -300,7 +302,7 @@ CREATE TABLE counters (
     value INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 
-PRAGMA user_version = 1;
+PRAGMA user_version = 2;
 
 -- @views ---------------------------------------------------------------------------------------
 -- Re-created on every start: rules live here, data does not.

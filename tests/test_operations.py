@@ -93,7 +93,7 @@ def test_check_finds_a_derived_row_that_disagrees_with_the_log(tmp_path, run_cli
     with open_database(path) as db:
         sigsync.demo(db, start=START)
     code, out, _ = run_cli("check", "--db", path)
-    assert code == 0 and out.strip().endswith("ok") and "integrity: ok; schema version 1" in out
+    assert code == 0 and out.strip().endswith("ok") and f"integrity: ok; schema version {sigsync.schema_version()}" in out
     with open_database(path) as db, db.write() as conn:
         conn.execute("UPDATE signals SET no_be_mfe = 99 WHERE status = 'EXITED'")
     code, out, _ = run_cli("check", "--db", path, "--sample", "1000")
@@ -206,3 +206,46 @@ def test_the_readme_first_command_demo_then_serve_shows_a_populated_page(server,
     assert status == 200 and health["last_sync"] is not None and health["score"] is not None
     status, rejected = s.get("/api/rejected")
     assert rejected["total"] >= 1
+
+
+def test_a_version_1_database_is_migrated_in_place_and_keeps_its_log(tmp_path):
+    """0.2 databases (user_version 1) had two more indexes on the log; opening one drops them,
+    keeps every row, and the webhook path works on it."""
+    path = tmp_path / "v1.db"
+    with open_database(path) as db:
+        sigsync.demo(db, start=START)
+        with db.write() as conn:
+            conn.execute("CREATE INDEX requests_source_received ON requests(source, received_at);"
+                         "CREATE INDEX events_type_received ON events(event_type, received_at);"
+                         "PRAGMA user_version = 1")
+        before = db.query("SELECT count(*) AS n FROM events")[0]["n"]
+    with open_database(path) as db:
+        indexes = {r["name"] for r in db.query(
+            "SELECT name FROM sqlite_schema WHERE type = 'index' AND name NOT LIKE 'sqlite_%'")}
+        assert not indexes & {"requests_source_received", "events_type_received"}
+        assert "requests_received" in indexes
+        assert db.query("PRAGMA user_version")[0]["user_version"] == sigsync.schema_version() == 2
+        assert db.query("SELECT count(*) AS n FROM events")[0]["n"] == before
+        assert db.query("PRAGMA integrity_check")[0]["integrity_check"] == "ok"
+        body = json.dumps({"event_type": "MFE_UPDATE", "trade_id": "20251215_094200000_BULLISH",
+                           "no_be_mfe": 1.0, "be_mfe": 1.0, "mae_global_r": -0.2}).encode()
+        result = sigsync.ingest(db, body, now=dt.datetime(2025, 12, 15, 15, tzinfo=dt.timezone.utc))
+        assert not result.events[0]["duplicate"]
+
+
+def test_the_health_reads_of_the_request_log_use_its_time_index(tmp_path):
+    """'Last webhook' and 'requests in the rate window' read requests_received from its newest
+    end, never the whole log (it grows by every request)."""
+    with open_database(tmp_path / "p.db") as db:
+        conn = db.reader()
+        view = conn.execute("SELECT sql FROM sqlite_schema WHERE name = 'v_global_conditions'"
+                            ).fetchall()[0][0]
+        last = "SELECT max(received_at) AS at FROM requests WHERE source = 'webhook'"
+        rate = "SELECT count(*) FROM requests WHERE source = 'webhook' AND received_at >"
+        assert last in view and rate in " ".join(view.split())
+        for sql in (last, rate + " ?"):
+            plan = conn.execute("EXPLAIN QUERY PLAN " + sql,
+                                ("2025-12-15T00:00:00.000Z",) if "?" in sql else ()).fetchall()
+            assert [r[3] for r in plan] in (["SEARCH requests USING INDEX requests_received"],
+                                            ["SEARCH requests USING INDEX requests_received "
+                                             "(received_at>?)"]), plan
