@@ -26,9 +26,10 @@ CREATE TABLE requests (
                  CHECK (source IN ('webhook', 'import', 'replay', 'demo'))
 );
 -- The only index: every webhook writes each index of the log, and each page it touches is
--- written to the WAL and fsynced before the answer. "Last webhook" and "requests in the rate
--- window" read it backwards from now; import's "seen?" looks up one instant.
-CREATE INDEX requests_received ON requests(received_at);
+-- written to the WAL and fsynced before the answer. It serves "last webhook" and "requests in
+-- the rate window" (by source, so a long import cannot slow them), and import's "seen?" (one
+-- seek per source).
+CREATE INDEX requests_source_received ON requests(source, received_at);
 
 -- One row per distinct event. A batch request yields one row per element; an exact duplicate
 -- (same type, trade and content) yields none (it is acknowledged with "duplicate": true).

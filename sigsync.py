@@ -381,7 +381,7 @@ GROUP_COMMIT_MAX = 64           # jobs in one group-commit transaction, at most
 # one transaction with the version bump inside. A fresh database gets schema.sql directly.
 MIGRATIONS = {
     # 0.3: two indexes the webhook paid for on every request and no query needed.
-    1: "DROP INDEX IF EXISTS requests_source_received; DROP INDEX IF EXISTS events_type_received;",
+    1: "DROP INDEX IF EXISTS requests_received; DROP INDEX IF EXISTS events_type_received;",
 }
 
 
@@ -1090,7 +1090,9 @@ def ingest(db, raw, *, now, peer=None, path="/api/automated-signals/webhook",
 def _already_known(conn, stored, request_id, received_at, raw):
     if stored:
         return all(e["duplicate"] for e in stored)
-    return bool(conn.execute("SELECT 1 FROM requests WHERE received_at = ? AND raw_body = ? "
+    # Every source is named so that the (source, received_at) index is used: a seek per source.
+    return bool(conn.execute("SELECT 1 FROM requests WHERE source IN ('webhook', 'import', "
+                             "'replay', 'demo') AND received_at = ? AND raw_body = ? "
                              "AND request_id <> ?", (received_at, mask_secret(raw),
                                                      request_id)).fetchall())
 

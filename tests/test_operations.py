@@ -2,6 +2,7 @@
 
 import datetime as dt
 import json
+import re
 import signal
 import threading
 import time
@@ -215,15 +216,15 @@ def test_a_version_1_database_is_migrated_in_place_and_keeps_its_log(tmp_path):
     with open_database(path) as db:
         sigsync.demo(db, start=START)
         with db.write() as conn:
-            conn.execute("CREATE INDEX requests_source_received ON requests(source, received_at);"
+            conn.execute("CREATE INDEX requests_received ON requests(received_at);"
                          "CREATE INDEX events_type_received ON events(event_type, received_at);"
                          "PRAGMA user_version = 1")
         before = db.query("SELECT count(*) AS n FROM events")[0]["n"]
     with open_database(path) as db:
         indexes = {r["name"] for r in db.query(
             "SELECT name FROM sqlite_schema WHERE type = 'index' AND name NOT LIKE 'sqlite_%'")}
-        assert not indexes & {"requests_source_received", "events_type_received"}
-        assert "requests_received" in indexes
+        assert not indexes & {"requests_received", "events_type_received"}
+        assert "requests_source_received" in indexes
         assert db.query("PRAGMA user_version")[0]["user_version"] == sigsync.schema_version() == 2
         assert db.query("SELECT count(*) AS n FROM events")[0]["n"] == before
         assert db.query("PRAGMA integrity_check")[0]["integrity_check"] == "ok"
@@ -233,19 +234,21 @@ def test_a_version_1_database_is_migrated_in_place_and_keeps_its_log(tmp_path):
         assert not result.events[0]["duplicate"]
 
 
-def test_the_health_reads_of_the_request_log_use_its_time_index(tmp_path):
-    """'Last webhook' and 'requests in the rate window' read requests_received from its newest
-    end, never the whole log (it grows by every request)."""
+def test_the_reads_of_the_request_log_seek_its_one_index(tmp_path):
+    """'Last webhook', 'requests in the rate window' and import's 'seen?' seek
+    requests_source_received, never scan the log (it grows by every request)."""
     with open_database(tmp_path / "p.db") as db:
         conn = db.reader()
-        view = conn.execute("SELECT sql FROM sqlite_schema WHERE name = 'v_global_conditions'"
-                            ).fetchall()[0][0]
+        view = " ".join(conn.execute("SELECT sql FROM sqlite_schema "
+                                     "WHERE name = 'v_global_conditions'").fetchall()[0][0].split())
         last = "SELECT max(received_at) AS at FROM requests WHERE source = 'webhook'"
         rate = "SELECT count(*) FROM requests WHERE source = 'webhook' AND received_at >"
-        assert last in view and rate in " ".join(view.split())
-        for sql in (last, rate + " ?"):
-            plan = conn.execute("EXPLAIN QUERY PLAN " + sql,
-                                ("2025-12-15T00:00:00.000Z",) if "?" in sql else ()).fetchall()
-            assert [r[3] for r in plan] in (["SEARCH requests USING INDEX requests_received"],
-                                            ["SEARCH requests USING INDEX requests_received "
-                                             "(received_at>?)"]), plan
+        assert last in view and rate in view
+        seen = ("SELECT 1 FROM requests WHERE source IN ('webhook', 'import', 'replay', 'demo') "
+                "AND received_at = ? AND raw_body = ? AND request_id <> ?")
+        for sql, args in ((last, ()), (rate + " ?", ("2025-12-15T00:00:00.000Z",)),
+                          (seen, ("2025-12-15T00:00:00.000Z", b"{}", 0))):
+            plan = [r[3] for r in conn.execute("EXPLAIN QUERY PLAN " + sql, args)]
+            assert len(plan) == 1 and re.fullmatch(
+                r"SEARCH requests USING (COVERING )?INDEX requests_source_received "
+                r"\(source=\?( AND received_at[=>]\?)?\)", plan[0]), plan
