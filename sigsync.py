@@ -1087,14 +1087,17 @@ def ingest(db, raw, *, now, peer=None, path="/api/automated-signals/webhook",
     return db.transact(store)
 
 
+# import's "seen?": every source is named so that the (source, received_at) index is used, one
+# seek per source.
+_KNOWN_REQUEST_SQL = ("SELECT 1 FROM requests WHERE source IN ('webhook', 'import', 'replay', "
+                      "'demo') AND received_at = ? AND raw_body = ? AND request_id <> ?")
+
+
 def _already_known(conn, stored, request_id, received_at, raw):
     if stored:
         return all(e["duplicate"] for e in stored)
-    # Every source is named so that the (source, received_at) index is used: a seek per source.
-    return bool(conn.execute("SELECT 1 FROM requests WHERE source IN ('webhook', 'import', "
-                             "'replay', 'demo') AND received_at = ? AND raw_body = ? "
-                             "AND request_id <> ?", (received_at, mask_secret(raw),
-                                                     request_id)).fetchall())
+    return bool(conn.execute(_KNOWN_REQUEST_SQL,
+                             (received_at, mask_secret(raw), request_id)).fetchall())
 
 
 def _insert_request(conn, received_at, peer, path, content_type, raw, source):
@@ -1706,12 +1709,12 @@ def health_report(db, now, settings=None):
         c["detail"] = json.loads(c["detail"])
     last = db.query("SELECT run_id, started_at, finished_at, outcome, examined, changes, error "
                     "FROM sync_runs WHERE outcome <> 'skipped' ORDER BY run_id DESC LIMIT 1")
-    seen = db.query("SELECT max(received_at) AS at FROM requests WHERE source = 'webhook'")
+    silent = next(c for c in conditions if c["condition"] == "indicator_silent")
     return {"now": iso(now), "score": recent["score"],
             "score_window": "7d" if recent is windows["7d"] else "all",
             "windows": windows, "conditions": conditions,
             "last_sync": last[0] if last else None,
-            "indicator_last_seen": seen[0]["at"] if seen else None}
+            "indicator_last_seen": silent["detail"]["last_event_at"]}
 
 
 def open_gaps(db, now, *, gap=None, severity=None, trade_id=None, limit=1000, settings=None):

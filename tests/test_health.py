@@ -162,6 +162,18 @@ def test_indicator_silent_boundaries(db, clock):
     assert conditions(db, clock)["indicator_silent"] is True
 
 
+def test_indicator_last_seen_is_the_last_webhook_not_an_import(db, clock):
+    assert sigsync.health_report(db, clock.now())["indicator_last_seen"] is None
+    sigsync.ingest(db, b'{"event_type": "HEARTBEAT"}', now=clock.now())
+    first = sigsync.iso(clock.now())
+    at(clock, 60)
+    sigsync.ingest(db, b'{"event_type": "HEARTBEAT", "n": 2}', now=clock.now(), source="import")
+    report = sigsync.health_report(db, clock.now())
+    assert report["indicator_last_seen"] == first
+    silent = [c for c in report["conditions"] if c["condition"] == "indicator_silent"]
+    assert silent[0]["detail"]["last_event_at"] == first
+
+
 def test_sync_late_and_failing_conditions(db, clock):
     sigsync.store_health_settings(db, {"server_started_at": sigsync.iso(clock.now())})
     at(clock, 300)                                   # 2 x 120 s + 60 s
