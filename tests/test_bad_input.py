@@ -331,24 +331,16 @@ def test_empty_token_is_403(secured):
     assert_refused(s, db, HEARTBEAT, 403, "forbidden", "secret", query="?token=")
 
 
-def test_wrong_body_secret_is_403_and_masked(secured):
+@pytest.mark.parametrize("body, masked", [
+    (b'{"event_type": "HEARTBEAT", "secret": "guess-1", "timestamp": "2025-12-15T10:05:00"}',
+     b'{"event_type": "HEARTBEAT", "secret": "***", "timestamp": "2025-12-15T10:05:00"}'),
+    (b'{"attributes": {"event_type": "HEARTBEAT", "secret": "guess-2"}}',
+     b'{"attributes": {"event_type": "HEARTBEAT", "secret": "***"}}'),
+    (b'{"event_type": "HEARTBEAT", "secret": 31337}',
+     b'{"event_type": "HEARTBEAT", "secret": "***"}'),
+], ids=["body", "wrapped", "numeric"])
+def test_wrong_body_secret_is_403_and_masked(secured, body, masked):
     s, db = secured
-    body = b'{"event_type": "HEARTBEAT", "secret": "guess-1", "timestamp": "2025-12-15T10:05:00"}'
-    masked = b'{"event_type": "HEARTBEAT", "secret": "***", "timestamp": "2025-12-15T10:05:00"}'
-    assert_refused(s, db, body, 403, "forbidden", "secret", kept=masked)
-
-
-def test_wrong_wrapped_secret_is_403_and_masked(secured):
-    s, db = secured
-    body = b'{"attributes": {"event_type": "HEARTBEAT", "secret": "guess-2"}}'
-    masked = b'{"attributes": {"event_type": "HEARTBEAT", "secret": "***"}}'
-    assert_refused(s, db, body, 403, "forbidden", "secret", kept=masked)
-
-
-def test_numeric_body_secret_is_403_and_masked(secured):
-    s, db = secured
-    body = b'{"event_type": "HEARTBEAT", "secret": 31337}'
-    masked = b'{"event_type": "HEARTBEAT", "secret": "***"}'
     assert_refused(s, db, body, 403, "forbidden", "secret", kept=masked)
 
 
