@@ -430,7 +430,7 @@ UNION ALL
 SELECT trade_id, 'stale_mfe',
        CASE WHEN symbol IS NULL THEN 'expected' ELSE 'abnormal' END, 'closed',
        coalesce(last_update_at, first_received_at), id_time, last_update_at,
-       replace(substr(symbol, instr(symbol, ':') + 1), ' ', ''),
+       replace(substr(symbol, instr(symbol, ':') + 1), ' ', ''),   -- = symbol_key() in Python
        json_object('last_update_at', coalesce(last_update_at, first_received_at))
   FROM signals WHERE status = 'ACTIVE'
 UNION ALL

@@ -1297,8 +1297,11 @@ def save_signal(conn, row, *, now, run_id=None, count_fills=True):
 
 
 def symbol_key(symbol):
-    """The symbol without its exchange prefix: 'CME_MINI:MNQ1!' and 'MNQ1!' are one market."""
-    return str(symbol).split(":")[-1].strip() if symbol is not None else None
+    """The symbol without its exchange prefix: 'CME_MINI:MNQ1!' and 'MNQ1!' are one market.
+
+    What follows the first ':', without spaces: the same rule as v_gap_rules' expression in
+    schema.sql, which the stale_mfe gap matches against symbol_activity's keys."""
+    return str(symbol).split(":", 1)[-1].replace(" ", "") if symbol is not None else None
 
 
 def _record_price(conn, symbol, price, event):
@@ -1372,7 +1375,7 @@ def fold(row, event):
     rank = IDENTITY_RANK.get(etype, 0)
     if p.get("symbol") is not None:
         offer(row, "symbol", p["symbol"], src, 1.0, rank)
-        _conflict_values(row, "symbol_mismatch", str(p["symbol"]).split(":")[-1])
+        _conflict_values(row, "symbol_mismatch", symbol_key(p["symbol"]))
     if p.get("direction") is not None:
         offer(row, "direction", p["direction"], src, 1.0, rank)
         _conflict_values(row, "direction_mismatch", row["id_direction"])

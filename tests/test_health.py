@@ -126,6 +126,22 @@ def test_stale_mfe_stays_expected_when_only_another_symbol_moves(db, clock):
     assert gaps(db, clock)["stale_mfe"] == "expected"
 
 
+@pytest.mark.parametrize("mine, theirs", [("CME_MINI:MNQ1!", "MNQ1!"),
+                                           ("MNQ 1!", "CME_MINI:MNQ1!"),
+                                           ("BINANCE:BTC:USDT", "BINANCE:BTC:USDT")])
+def test_stale_mfe_sees_activity_under_any_spelling_of_the_same_market(db, clock, mine, theirs):
+    # the gap's symbol key is computed in SQL (v_gap_rules), the activity's in Python
+    # (symbol_key): both must name the same market, or the gap never turns abnormal
+    send(db, clock, **entry(symbol=mine))
+    at(clock, 700)
+    send(db, clock, event_type="MFE_UPDATE", trade_id=OTHER, symbol=theirs,
+         current_price=25700.0)
+    assert gaps(db, clock)["stale_mfe"] == "abnormal"
+    key = db.query("SELECT symbol_key FROM signal_gaps WHERE trade_id = ? AND gap = "
+                   "'stale_mfe'", (T,))[0]["symbol_key"]
+    assert key == sigsync.symbol_key(mine) == sigsync.symbol_key(theirs)
+
+
 def test_no_mae_is_expected_for_the_first_bar_and_abnormal_after(db, clock):
     send(db, clock, **entry(mae_global_r=None))      # 1-minute chart: bar + 60 s grace
     assert gaps(db, clock)["no_mae"] == "expected"
