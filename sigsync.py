@@ -2528,8 +2528,9 @@ SIGNAL_STATUSES = ("PENDING", "ACTIVE", "EXITED", "CANCELLED")
 STATUS_FILTERS = {"pending": ("PENDING",), "active": ("ACTIVE",), "exited": ("EXITED",),
                   "cancelled": ("CANCELLED",), "confirmed": ("ACTIVE", "EXITED")}
 LIST_COLUMNS = [
-    "trade_id", "status", "be_state", "symbol", "direction", "timeframe", "session",
-    "signal_time", "signal_date", "entry_price", "stop_loss", "risk", "no_be_mfe", "be_mfe",
+    "trade_id", "status", "be_state", "be_triggered_at", "exit_be_at", "symbol", "direction",
+    "timeframe", "session", "signal_time", "signal_date", "entry_price", "stop_loss", "risk",
+    "no_be_mfe", "be_mfe",
     "mae", "final_mfe", "htf_alignment", "confirmation_time", "exit_reason", "exit_price",
     "cancelled_at", "event_count", "last_received_at"]
 CANCELLED_COLUMNS = ["trade_id", "symbol", "direction", "session", "signal_time",

@@ -119,12 +119,19 @@
   }
 
   const STATUS_CLASSES = new Set(["PENDING", "ACTIVE", "EXITED", "CANCELLED"]);
-  function statusBadge(status, beState) {
+  // The break-even leg: "BE" once it has triggered (its stop is now the entry), "BE✓" once it
+  // was stopped after triggering. An EXIT_SL before any trigger also stops the leg (SPEC §2),
+  // but then it never armed: no BE mark, or a stop-out would read as a break-even exit.
+  function statusBadge(status, s) {
     const cls = STATUS_CLASSES.has(status) ? `status st-${status}` : "status";
     const span = el("span", { class: cls }, status || "?");
-    if (beState && beState !== "NONE") {
-      return [span, el("span", { class: "be", title: `break-even leg: ${beState}` },
-        beState === "TRIGGERED" ? "BE" : "BE✓")];
+    const armed = Boolean(s.be_triggered_at || s.exit_be_at || (s.no_be_mfe ?? 0) >= 1.0);
+    if (s.be_state === "TRIGGERED") {
+      return [span, el("span", { class: "be", title: "break-even leg: triggered" }, "BE")];
+    }
+    if (s.be_state === "STOPPED" && armed) {
+      return [span, el("span", { class: "be", title: "break-even leg: stopped at the entry " +
+        "after it triggered" }, "BE✓")];
     }
     return [span];
   }
@@ -335,7 +342,7 @@
     const mfeCls = (v) => (v === null || v === undefined ? "" : v > 0 ? "pos" : "");
     const maeCls = (v) => (v === null || v === undefined ? "" : v < 0 ? "neg" : "");
     return [
-      el("td", null, ...statusBadge(s.status, s.be_state)),
+      el("td", null, ...statusBadge(s.status, s)),
       el("td", null, timeEl(s.signal_time, false)),
       el("td", null, dirText(s.direction)),
       el("td", null, s.session || "—"),
@@ -708,7 +715,9 @@
     $("detail-title").textContent = detail.trade_id;
 
     const head = el("div", { class: "kv" },
-      kv("Status", ...statusBadge(detail.status, detail.be_state)),
+      kv("Status", ...statusBadge(detail.status, {
+        be_state: detail.be_state, be_triggered_at: f("be_triggered_at"),
+        exit_be_at: f("exit_be_at"), no_be_mfe: f("no_be_mfe") })),
       kv("Health", el("span", { class: healthClass(detail.health_score) }, scoreText(detail.health_score))),
       kv("Direction", dirText(f("direction"))),
       kv("Symbol", f("symbol") || "—"),

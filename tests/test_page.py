@@ -332,6 +332,34 @@ def test_detail_shows_events_in_order_and_provenance_of_an_estimated_field(site,
     shot(page, "detail.png")
 
 
+def test_break_even_mark_only_for_a_leg_that_triggered(site, open_page):
+    # SPEC §2: an EXIT_SL before any trigger also leaves the BE leg STOPPED; the page must not
+    # mark that stop-out "BE✓" as if the trade had left at break-even
+    truth = rows(site, "SELECT trade_id, be_state, (be_triggered_at IS NOT NULL OR exit_be_at "
+                       "IS NOT NULL OR coalesce(no_be_mfe, 0) >= 1.0) AS armed FROM signals")
+    assert {("STOPPED", 0), ("STOPPED", 1), ("TRIGGERED", 1)} <= {
+        (r["be_state"], r["armed"]) for r in truth}      # every case is in the data
+    expected = {r["trade_id"]: "BE" if r["be_state"] == "TRIGGERED" else
+                "BE✓" if r["be_state"] == "STOPPED" and r["armed"] else "" for r in truth}
+    page = open_page()
+    page.goto(site.url + "/")
+    expect(trade_ids(page)).to_have_text(newest_first(site))
+    shown = page.locator("#signals-body tr").evaluate_all(
+        "rows => rows.map(r => [r.dataset.tradeId, r.querySelector('.be')?.textContent ?? ''])")
+    assert dict(shown) == expected
+    stopped_out = next(r["trade_id"] for r in truth if r["be_state"] == "STOPPED"
+                       and not r["armed"])
+    row(page, stopped_out).click()
+    expect(page.locator("#detail-title")).to_have_text(stopped_out)
+    expect(page.locator("#detail-body .kv .status")).to_have_text("EXITED")
+    expect(page.locator("#detail-body .kv .be")).to_have_count(0)
+    broke_even = next(r["trade_id"] for r in truth if r["be_state"] == "STOPPED" and r["armed"])
+    page.keyboard.press("Escape")
+    row(page, broke_even).click()
+    expect(page.locator("#detail-title")).to_have_text(broke_even)
+    expect(page.locator("#detail-body .kv .be")).to_have_text("BE✓")
+
+
 def test_detail_draws_the_trade_on_its_bars(site, open_page):
     page = open_page()
     page.goto(site.url + f"/#open={site.with_bars}")
