@@ -1949,17 +1949,20 @@ def reconcile(row, ctx, tiers):
 _pass_lock = threading.Lock()
 
 
-def sync_once(db, *, now, trigger="cli", full=False, fresh_seconds=PRICE_FRESH_SECONDS):
+def sync_once(db, *, now, trigger="cli", full=False, fresh_seconds=PRICE_FRESH_SECONDS,
+              stop=None):
     """One reconciliation pass, recorded in sync_runs. Returns the run's row as a dict.
 
     Incremental by default: only signals with events since the last good pass, the open trades
     of their symbols, and the pending signals their arrival can cancel. A pass that would
-    overlap a running one (this process or another) is recorded as skipped, not stacked.
+    overlap a running one (this process or another) is recorded as skipped, not stacked. Once
+    `stop` (a threading.Event) is set, the pass ends after its current chunk, recorded as
+    failed (what it wrote so far is committed; the next pass takes the same work again).
     """
     if not _pass_lock.acquire(blocking=False):
         return _skip(db, now, trigger, "another pass is running in this process")
     try:
-        return _sync_locked(db, now, trigger, full, fresh_seconds)
+        return _sync_locked(db, now, trigger, full, fresh_seconds, stop)
     finally:
         _pass_lock.release()
 
@@ -1974,7 +1977,7 @@ def _skip(db, now, trigger, why):
     return {"run_id": run_id, "outcome": "skipped", "error": why}
 
 
-def _sync_locked(db, now, trigger, full, fresh_seconds):
+def _sync_locked(db, now, trigger, full, fresh_seconds, stop=None):
     started = time.monotonic()
     with db.write() as conn:
         running = conn.execute("SELECT run_id FROM sync_runs WHERE outcome = 'running' AND "
@@ -1998,6 +2001,8 @@ def _sync_locked(db, now, trigger, full, fresh_seconds):
         examined = len(work)
         for tiers in PHASES:
             for start in range(0, len(work), SYNC_CHUNK):
+                if stop is not None and stop.is_set():
+                    raise PassInterrupted("the service is stopping")
                 with db.write() as conn:
                     ctx = PassContext(conn, now, fresh_seconds)
                     for trade_id in work[start:start + SYNC_CHUNK]:
@@ -2010,6 +2015,9 @@ def _sync_locked(db, now, trigger, full, fresh_seconds):
                             save_signal(conn, row, now=iso(now), run_id=run_id,
                                         count_fills=trigger != "rebuild")
         outcome, error = "ok", None
+    except PassInterrupted as e:
+        outcome, error = "failed", f"{type(e).__name__}: {e}"
+        log.warning("what=sync outcome=interrupted run_id=%s reason=%r", run_id, e.message)
     except Exception as e:       # recorded, logged and counted by the caller; never fatal
         outcome, error = "failed", f"{type(e).__name__}: {e}"
         log.exception("what=sync outcome=failed run_id=%s error=%r", run_id, e)
@@ -2036,6 +2044,10 @@ def _sync_locked(db, now, trigger, full, fresh_seconds):
     if outcome == "failed":
         raise SyncFailed(error, result)
     return result
+
+
+class PassInterrupted(SigsyncError):
+    """The service stopped during a pass (see sync_once's `stop`)."""
 
 
 class SyncFailed(SigsyncError):
@@ -3227,18 +3239,33 @@ class HttpServer:
         self.thread.join(timeout=5)
 
 
-def make_scheduler(db, clock, config):
+JOBS_STOP_SECONDS = 20      # how long a stop waits for a job in progress (a pass: one chunk)
+
+
+def make_scheduler(db, clock, config, stop=None):
     """The background jobs, on a fresh schedule.Scheduler."""
     sched = schedule.Scheduler()
     sched.every(config.checkpoint_seconds).seconds.do(_guarded, "checkpoint", db.checkpoint)
-    sched.every(config.sync_seconds).seconds.do(_guarded, "sync", job_sync, db, clock, config)
+    sched.every(config.sync_seconds).seconds.do(_guarded, "sync", job_sync, db, clock, config,
+                                                stop)
     return sched
 
 
-def job_sync(db, clock, config):
+def run_jobs(sched, stop):
+    """The jobs thread: run what is due until `stop` is set."""
+    while not stop.wait(0.25):
+        sched.run_pending()
+
+
+def job_sync(db, clock, config, stop=None):
     """The reconciliation loop's job: one incremental pass (failures are recorded by it)."""
-    return sync_once(db, now=clock.now(), trigger="schedule",
-                     fresh_seconds=config.price_fresh_seconds)
+    try:
+        return sync_once(db, now=clock.now(), trigger="schedule",
+                         fresh_seconds=config.price_fresh_seconds, stop=stop)
+    except SyncFailed as e:
+        if stop is not None and stop.is_set():
+            return e.result                 # interrupted by the stop: recorded, not a failure
+        raise
 
 
 _job_failures = {}
@@ -3289,7 +3316,11 @@ def serve(config, clock=None, stop=None):
              config.db)
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    sched = make_scheduler(db, clock, config)
+    # The jobs (reconciliation passes, checkpoints) run on a thread of their own (SPEC §6), so
+    # a long pass never delays the watchdog pings or the reaction to SIGTERM on this one.
+    jobs = threading.Thread(target=run_jobs, args=(make_scheduler(db, clock, config, stop), stop),
+                            name="jobs", daemon=True)
+    jobs.start()
     watchdog_usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
     watchdog_every = watchdog_usec / 2e6 if watchdog_usec else None
     last_ping = 0.0
@@ -3305,7 +3336,6 @@ def serve(config, clock=None, stop=None):
                     log.error("what=serve outcome=not_ready reason=database_unavailable")
             if stop.wait(0.25):
                 break
-            sched.run_pending()
             if watchdog_every and time.monotonic() - last_ping >= watchdog_every:
                 if database_answers(db):
                     _sd_notify("WATCHDOG=1")
@@ -3313,12 +3343,16 @@ def serve(config, clock=None, stop=None):
                 else:
                     log.error("what=watchdog outcome=skipped reason=database_unavailable")
     finally:
+        stop.set()
         _sd_notify("STOPPING=1")
         log.info("what=serve outcome=stopping")
         try:
             server.stop()
         except Exception as e:       # still close the database cleanly
             log.exception("what=serve outcome=stop_error error=%r", e)
+        jobs.join(JOBS_STOP_SECONDS)    # a pass ends after its current chunk
+        if jobs.is_alive():
+            log.error("what=serve outcome=jobs_still_running seconds=%s", JOBS_STOP_SECONDS)
         db.checkpoint()
         db.close()
         log.info("what=serve outcome=stopped")

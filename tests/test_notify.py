@@ -2,13 +2,16 @@
 WATCHDOG_USEC/2 but only while the database really answers (SPEC.md section 6)."""
 
 import os
+import signal
 import socket
 import tempfile
+import threading
 import time
 
 import apsw
 import pytest
 
+import sigsync
 from conftest import Server
 
 
@@ -134,3 +137,50 @@ def test_no_watchdog_pings_without_watchdog_usec(tmp_path, notify_socket):
             assert "WATCHDOG=1" not in message
     finally:
         server.stop()
+
+
+def test_a_long_pass_holds_up_neither_the_watchdog_nor_the_stop(tmp_path, notify_socket,
+                                                                  monkeypatch):
+    # SPEC §6: the reconciliation loop has a thread of its own. A pass longer than the
+    # watchdog period must not stop the pings (systemd would kill the service mid-pass), and a
+    # stop during a pass reaches it (the real pass checks between chunks).
+    in_pass = threading.Event()
+    seen = {}
+
+    def slow_pass(db, clock, config, stop=None):
+        seen["thread"] = threading.current_thread().name
+        in_pass.set()
+        seen["stopped"] = stop.wait(30)
+
+    monkeypatch.setattr(sigsync, "job_sync", slow_pass)
+    monkeypatch.setenv("NOTIFY_SOCKET", notify_socket.path)
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")               # a ping every 0.2 s
+    config = sigsync.Config(db=str(tmp_path / "jobs.db"), host="127.0.0.1", port=0,
+                            sync_seconds=1)
+    stop = threading.Event()
+    outcome = {}
+
+    def drive():
+        try:
+            outcome["ready"] = notify_socket.wait_for("READY=1", timeout=10)
+            outcome["in_pass"] = in_pass.wait(10)
+            notify_socket.drain()
+            outcome["pings"] = sum(notify_socket.wait_for("WATCHDOG=1", timeout=2)
+                                   for _ in range(3))
+            outcome["pass_still_running"] = "stopped" not in seen
+        finally:
+            stop.set()
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    driver = threading.Thread(target=drive, daemon=True)
+    driver.start()
+    try:
+        assert sigsync.serve(config, stop=stop) == 0      # serve() needs the main thread
+    finally:
+        stop.set()
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+    driver.join(10)
+    assert outcome == {"ready": True, "in_pass": True, "pings": 3, "pass_still_running": True}
+    assert seen == {"thread": "jobs", "stopped": True}
+    assert notify_socket.wait_for("STOPPING=1", timeout=2), notify_socket.received

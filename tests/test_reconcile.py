@@ -316,6 +316,32 @@ def test_a_failing_pass_is_recorded_and_the_next_one_runs(db, clock):
     assert again["outcome"] == "ok"
 
 
+def test_a_pass_stopped_between_chunks_keeps_its_chunk_and_the_next_pass_redoes_it(
+        db, clock, monkeypatch):
+    monkeypatch.setattr(sigsync, "SYNC_CHUNK", 2)
+    trades = [f"20251215_10{m:02d}00000_BULLISH" for m in range(0, 50, 10)]
+    for trade_id in trades:
+        send(db, clock, **entry(trade_id))
+
+    class StopAfterFirstChunk:                        # what serve's stop event says, per chunk
+        checks = 0
+
+        def is_set(self):
+            self.checks += 1
+            return self.checks > 1
+
+    with pytest.raises(sigsync.SyncFailed) as failed:
+        sigsync.sync_once(db, now=clock.now(), stop=StopAfterFirstChunk())
+    row = db.query("SELECT outcome, error FROM sync_runs WHERE run_id = ?",
+                   (failed.value.result["run_id"],))[0]
+    assert row == {"outcome": "failed", "error": "PassInterrupted: the service is stopping"}
+    filled = {a["trade_id"] for a in audit(db)}
+    assert len(filled) == 2 and filled < set(trades)  # the first chunk is committed
+    again = sigsync.sync_once(db, now=clock.now())
+    assert again["outcome"] == "ok" and again["examined"] == len(trades)
+    assert {a["trade_id"] for a in audit(db)} == set(trades)
+
+
 def test_an_overlapping_pass_is_skipped_not_stacked(db, clock):
     with db.write() as conn:                          # a pass running in another process
         conn.execute("INSERT INTO sync_runs(started_at, outcome, trigger, from_event_id, "
