@@ -2140,8 +2140,8 @@ def refold(db, *, now):
 
 def replay_rejected(db, *, now, include_auth=False, ids=None):
     """Re-ingest dead letters (after a fix); returns one outcome per row tried."""
-    sql = "SELECT rejected_id, raw_body, peer, path, content_type, status FROM rejected " \
-          "WHERE replayed_at IS NULL"
+    sql = "SELECT rejected_id, received_at, raw_body, peer, path, content_type, status " \
+          "FROM rejected WHERE replayed_at IS NULL"
     rows = db.query(sql + " ORDER BY rejected_id")
     outcomes = []
     for row in rows:
@@ -2156,7 +2156,10 @@ def replay_rejected(db, *, now, include_auth=False, ids=None):
                              "reason": "body too large: only a prefix was kept"})
             continue
         try:
-            result = ingest(db, bytes(row["raw_body"]), now=now, peer=row["peer"],
+            # received_at is when the request arrived (SPEC §1.4), not when it was replayed:
+            # exit, break-even and confirmation times are read from it.
+            result = ingest(db, bytes(row["raw_body"]), now=from_iso(row["received_at"]),
+                            peer=row["peer"],
                             path=row["path"] or "/replay", content_type=row["content_type"],
                             source="replay")
         except Rejected as e:

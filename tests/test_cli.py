@@ -61,7 +61,11 @@ def test_replay_rejected_reports_what_now_passes(run_cli, tmp_path):
     with open_database(db_path) as db:
         row = db.query("SELECT replayed_at, replay_event_id FROM rejected WHERE rejected_id = 1")
         assert row[0]["replay_event_id"] == 1 and row[0]["replayed_at"]
-        assert db.query("SELECT source FROM requests")[0]["source"] == "replay"
+        # stored as of its arrival, not of the replay (exit and BE times come from it)
+        assert db.query("SELECT source, received_at FROM requests") == [
+            {"source": "replay", "received_at": sigsync.iso(START)}]
+        assert db.query("SELECT received_at FROM events") == [{"received_at": sigsync.iso(START)}]
+        assert row[0]["replayed_at"] > sigsync.iso(START)
     code, out, _ = run_cli("replay-rejected", "--db", db_path)
     assert "0 of 2 dead letters now pass" in out             # the replayed one is not retried
 
