@@ -76,8 +76,9 @@ SETTINGS = [
     Setting("port", 8080, int, "TCP port to listen on (0: any free port, printed at start)"),
     Setting("secret", None, str, "webhook secret, sent as ?token= or a \"secret\" body field "
             "(also SIGSYNC_SECRET_FILE or the systemd credential 'secret')"),
-    Setting("read_token", None, str, "token for the read API and page when listening beyond "
-            "loopback (?token= or Authorization: Bearer; also SIGSYNC_READ_TOKEN_FILE)"),
+    Setting("read_token", None, str, "token for the read API when listening beyond loopback "
+            "or behind a reverse proxy (?token= or Authorization: Bearer; also "
+            "SIGSYNC_READ_TOKEN_FILE)"),
     Setting("allow_ips", "", list, "comma list of client addresses/networks allowed to post "
             "webhooks (empty: any). TradingView: 52.89.214.238,34.212.75.30,54.218.53.128,52.32.178.7"),
     Setting("trusted_proxies", "", list, "comma list of proxy addresses whose X-Forwarded-For "
@@ -2863,6 +2864,15 @@ def client_address(environ, trusted_proxies):
     return forwarded[0] if forwarded else peer
 
 
+FORWARDING_HEADERS = ("HTTP_X_FORWARDED_FOR", "HTTP_FORWARDED", "HTTP_X_REAL_IP",
+                      "HTTP_X_FORWARDED_HOST")
+
+
+def _forwarded(environ):
+    """Did a reverse proxy pass this request on (Caddy and the README's nginx say so)?"""
+    return any(environ.get(h) for h in FORWARDING_HEADERS)
+
+
 def _signal_out(row):
     """A signal row for the API: JSON columns parsed, bookkeeping dropped."""
     out = {k: v for k, v in row.items() if k != "fold_state"}
@@ -2964,11 +2974,17 @@ def make_app(db, clock, config):
         app.route(path, "POST", api_webhook)
 
     def require_read_token():
-        if config.loopback_only and not config.read_token:
-            return
-        if not config.read_token:
-            return      # --insecure without a read token: the operator chose an open API
         environ = bottle.request.environ
+        if not config.read_token:
+            if config.loopback_only and not _forwarded(environ):
+                return      # only this machine can ask
+            if not config.loopback_only:
+                return      # --insecure without a read token: the operator chose an open API
+            # On loopback behind a reverse proxy, every client on the internet arrives from
+            # 127.0.0.1: the proxy's forwarding header is what tells them apart.
+            raise SigsyncError("this request came through a proxy and no read token is set: "
+                               "set SIGSYNC_READ_TOKEN and open the page as /?token=...",
+                               "unauthorized", 401)
         query = bottle.FormsDict(bottle._parse_qsl(environ.get("QUERY_STRING", "")))
         offered = query.get("token")
         auth = environ.get("HTTP_AUTHORIZATION", "")

@@ -8,11 +8,12 @@ is computed from that description in Python, not by the SQL under test.
 
 import datetime as dt
 import json
+import os
 
 import pytest
 
 import sigsync
-from conftest import START, WsgiClient
+from conftest import START, WsgiClient, http
 
 NY = sigsync.NEW_YORK
 SYMBOLS = ("MNQ1!", "MES1!", "NQ1!")
@@ -317,6 +318,24 @@ def test_read_endpoints_need_the_read_token_beyond_loopback(db, clock, tmp_path)
         ok = app.get(path, headers={"Authorization": "Bearer r3ad"})
         assert ok.status in (200, 404), path
     assert app.get(ALL + "?token=r3ad").status == 200
+
+
+@pytest.mark.parametrize("header", [{"X-Forwarded-For": "203.0.113.9"},
+                                    {"Forwarded": "for=203.0.113.9;proto=https"},
+                                    {"X-Real-IP": "203.0.113.9"}])
+def test_behind_a_reverse_proxy_on_loopback_the_read_api_needs_a_read_token(server, header):
+    # The README's set-up keeps sigsync on 127.0.0.1 behind Caddy or nginx: every client on the
+    # internet then arrives from loopback, and only the proxy's header tells them apart.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SIGSYNC_")}
+    open_api = server(env=env)
+    for path in (ALL, "/api/rejected", "/metrics"):
+        status, body = http("GET", open_api.url + path, headers=header)
+        assert status == 401 and "SIGSYNC_READ_TOKEN" in body["error"]["message"], path
+        assert http("GET", open_api.url + path)[0] == 200, path      # this machine itself
+    assert http("GET", open_api.url + "/", headers=header)[0] == 200  # the page asks for it
+    with_token = server("--read-token", "r3ad", env=env, db_path=open_api.db_path + "2")
+    assert http("GET", with_token.url + ALL, headers=header)[0] == 401
+    assert http("GET", with_token.url + ALL + "?token=r3ad", headers=header)[0] == 200
 
 
 def test_the_page_is_served_at_the_root_and_files_cannot_escape_static(app):
