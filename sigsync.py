@@ -282,11 +282,12 @@ _TIME_MAX = dt.datetime(2100, 1, 1, tzinfo=UTC)
 _TIME_OF_DAY = re.compile(r"^\d{1,2}:\d{2}(:\d{2}(\.\d{1,6})?)?$")
 
 
-def parse_time(value, field):
+def parse_time(value, field, naive_zone=None):
     """A payload time -> (aware UTC datetime, kind). Raises Rejected naming the field.
 
     Accepted: epoch milliseconds (number or digit string; below year 2000 read as seconds),
-    ISO-8601 with Z or an offset (taken as is), naive ISO-8601 (New York wall clock).
+    ISO-8601 with Z or an offset (taken as is), naive ISO-8601 (New York wall clock, or UTC
+    when naive_zone is UTC).
     """
     if isinstance(value, bool):
         raise Rejected(f"{field}: expected a time, got a boolean", "invalid_field")
@@ -308,7 +309,9 @@ def parse_time(value, field):
         except ValueError:
             raise Rejected(f"{field}: not a time: {value[:60]!r} (use ISO-8601 or epoch ms)",
                            "invalid_field")
-        if moment.tzinfo is None:
+        if moment.tzinfo is None and naive_zone is UTC:
+            moment, kind = moment.replace(tzinfo=UTC), "utc"
+        elif moment.tzinfo is None:
             moment, kind = ny_local_to_utc(moment), "new_york"
         else:
             moment, kind = moment.astimezone(UTC), "offset"
@@ -768,6 +771,7 @@ TEXT_FIELDS = {"trade_id", "symbol", "exit_reason", "cancelled_by", "cancel_reas
                "signal_date"}
 TIME_FIELDS = {"event_timestamp", "timestamp", "confirmation_time", "cancelled_at",
                "exit_timestamp", "time"}
+UTC_TIME_FIELDS = {"time"}      # a BAR's open: "UTC ISO or epoch ms" (SPEC §1.3), as {{time}}
 TARGET_FIELDS = ("tp1_price", "tp2_price", "tp3_price")
 DIRECTIONS = {"BULLISH": "Bullish", "LONG": "Bullish", "BEARISH": "Bearish", "SHORT": "Bearish"}
 _PLACEHOLDER = re.compile(r"\{\{.*?\}\}")
@@ -906,7 +910,8 @@ def _normalise_fields(data, path=""):
                                f"to {INTEGER_MAX}, got {value!r}", "invalid_field")
             data[key] = int(number)
         elif key in TIME_FIELDS and value is not None:
-            data[key] = iso(parse_time(value, where)[0])
+            zone = UTC if key in UTC_TIME_FIELDS else None
+            data[key] = iso(parse_time(value, where, zone)[0])
         elif key == "direction" and value is not None:
             if not isinstance(value, str) or value.strip().upper() not in DIRECTIONS:
                 raise Rejected(f"{where}: {json.dumps(value)[:40]} is not Bullish/Bearish "

@@ -41,10 +41,28 @@ def test_new_york_naive_times_convert_with_dst(naive, utc):
     ("1765809720000", "2025-12-15T14:42:00Z"),         # ... and as a string
     ("2025-11-21T01:05:00Z", "2025-11-21T01:05:00Z"),   # Z taken as is
     ("2025-12-15T09:42:00-05:00", "2025-12-15T14:42:00Z"),
-    ("2025-12-13T14:01:13.482913", "2025-12-13T19:01:13.482913Z"),
 ])
 def test_epoch_ms_and_offset_times_are_taken_as_they_are(value, utc):
     assert sigsync.parse_time(value, "t")[0] == z(utc)
+
+
+def test_naive_times_with_microseconds_are_new_york_too():
+    assert sigsync.parse_time("2025-12-13T14:01:13.482913", "t") == (
+        z("2025-12-13T19:01:13.482913Z"), "new_york")
+
+
+def test_a_bars_naive_time_is_utc_while_an_events_naive_timestamp_is_new_york(db, clock):
+    # SPEC §1.3: a BAR's time is "bar open, UTC ISO or epoch ms"; §1.4 names only
+    # event_timestamp, timestamp and signal_time as New York wall clock
+    bar = {"event_type": "BAR", "symbol": "MNQ1!", "timeframe": "1",
+           "time": "2025-12-15T14:42:00", "open": 1, "high": 2, "low": 0.5, "close": 1.5}
+    sigsync.ingest(db, json.dumps(bar).encode(), now=clock.now())
+    assert db.query("SELECT time FROM bars") == [{"time": "2025-12-15T14:42:00.000Z"}]
+    created = {"event_type": "SIGNAL_CREATED", "trade_id": "20251215_094200000_BULLISH",
+               "direction": "Bullish", "event_timestamp": "2025-12-15T09:42:00"}
+    sigsync.ingest(db, json.dumps(created).encode(), now=clock.now())
+    assert json.loads(db.query("SELECT payload FROM events WHERE event_type = 'SIGNAL_CREATED'")[
+        0]["payload"])["event_timestamp"] == "2025-12-15T14:42:00.000Z"
 
 
 @pytest.mark.parametrize("value", ["yesterday", "2025-13-01T00:00:00", "", True, {"a": 1},
