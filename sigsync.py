@@ -1331,6 +1331,15 @@ def _record_activity(conn, symbol, event):
         (symbol_key(symbol), event["received_at"]))
 
 
+def _bar_close(bar):
+    """When a bar closed: its open plus its timeframe, when that is a number of minutes."""
+    try:
+        minutes = int(bar.get("timeframe") or 0)
+    except ValueError:          # "D", "W", "1S"...: the open is what is known for sure
+        minutes = 0
+    return iso(from_iso(bar["time"]) + dt.timedelta(minutes=max(minutes, 0)))
+
+
 def derive_event(conn, event, cache=None):
     """Apply one stored event to the derived tables (signals, bars, symbol_prices)."""
     payload = event["payload"]
@@ -1340,8 +1349,11 @@ def derive_event(conn, event, cache=None):
                      (payload["symbol"], str(payload.get("timeframe") or ""), payload["time"],
                       payload["open"], payload["high"], payload["low"], payload["close"],
                       event["event_id"]))
-        _record_price(conn, payload["symbol"], payload["close"], event)
-        _record_activity(conn, payload["symbol"], event)
+        # A bar is the market at its close, not when it reached us: a backfilled or replayed
+        # old bar must not pass for a fresh price, nor for a market that is sending data now.
+        as_of = dict(event, received_at=min(event["received_at"], _bar_close(payload)))
+        _record_price(conn, payload["symbol"], payload["close"], as_of)
+        _record_activity(conn, payload["symbol"], as_of)
         return
     trade_id = event["trade_id"]
     if trade_id is None:
@@ -2069,10 +2081,16 @@ def _work_set(db, mark, top, full):
     reader = db.reader()
     if full:
         return [r[0] for r in reader.execute("SELECT trade_id FROM signals ORDER BY trade_id")]
-    touched = {r[0] for r in reader.execute(
-        "SELECT DISTINCT trade_id FROM events WHERE event_id > ? AND event_id <= ? "
-        "AND trade_id IS NOT NULL", (mark, top))}
-    if not touched:
+    touched, priced = set(), set()     # trades with new events; markets with new price bars
+    for trade_id, bar_symbol in reader.execute(
+            "SELECT DISTINCT trade_id, CASE WHEN event_type = 'BAR' THEN symbol END FROM events "
+            "WHERE event_id > ? AND event_id <= ? AND (trade_id IS NOT NULL OR "
+            "event_type = 'BAR')", (mark, top)):
+        if trade_id is not None:
+            touched.add(trade_id)
+        if bar_symbol is not None:
+            priced.add(symbol_key(bar_symbol))
+    if not touched and not priced:
         return []
     work = set(touched)
     symbols, latest = set(), {}
@@ -2093,9 +2111,13 @@ def _work_set(db, mark, top, full):
             "SELECT trade_id FROM signals WHERE symbol = ? AND signal_time < ? AND "
             "status = 'PENDING' AND coalesce(direction, id_direction) <> ?",
             (symbol, signal_time, direction)))
-    for symbol in symbols:                # open trades that a fresh price of theirs may move
-        work.update(r[0] for r in reader.execute(
-            "SELECT trade_id FROM signals WHERE symbol = ? AND status = 'ACTIVE'", (symbol,)))
+    # Open trades that a fresh price of their market may move (any exchange prefix): the
+    # markets of the touched trades, whose MFE updates carry prices, and of the new bars.
+    markets = {symbol_key(s) for s in symbols} | priced
+    if markets:
+        work.update(trade_id for trade_id, symbol in reader.execute(
+            "SELECT trade_id, symbol FROM signals WHERE status = 'ACTIVE'")
+            if symbol_key(symbol) in markets)
     return sorted(work)
 
 

@@ -244,6 +244,37 @@ def test_price_past_the_stop_infers_a_missed_exit_with_evidence(db, clock):
     assert row["exit_price"] == 25639.5 and prov(row, "exit_price") == ["indicator", 1.0]
 
 
+def bar(at, close, symbol="MNQ1!"):
+    """A 1-minute BAR opening at `at` (UTC), as a plain TradingView alert sends it."""
+    return dict(event_type="BAR", symbol=symbol, timeframe="1", time=sigsync.iso(at),
+                open=close, high=close, low=close, close=close)
+
+
+def test_a_bar_alone_past_the_stop_brings_its_open_trades_into_the_next_pass(db, clock):
+    # The regular (incremental) pass: the BAR has no trade_id, so nothing but its market can
+    # put the open trades of that market into the pass's work set.
+    send(db, clock, **entry(BULL))                   # stop 25640
+    sigsync.sync_once(db, now=clock.advance(60))     # BULL has been looked at
+    send(db, clock, **bar(clock.now() - dt.timedelta(minutes=1), 25630.0,
+                          symbol="CME_MINI:MNQ1!"))  # closes now; another spelling
+    run = sigsync.sync_once(db, now=clock.advance(10))
+    assert run["examined"] == 1
+    row = signal_row(db, BULL)
+    assert row["status"] == "EXITED" and prov(row, "exit_price") == ["inferred", 0.7]
+    assert row["exit_sl_at"] == sigsync.iso(clock.now() - dt.timedelta(seconds=10))
+
+
+def test_a_backfilled_old_bar_is_no_fresh_price(db, clock):
+    send(db, clock, **entry(BULL))
+    sigsync.sync_once(db, now=clock.advance(60))
+    send(db, clock, **bar(clock.now() - dt.timedelta(days=300), 25630.0))   # arrives now
+    assert db.query("SELECT received_at FROM symbol_prices") == [
+        {"received_at": sigsync.iso(clock.now() - dt.timedelta(days=300, minutes=-1))}]
+    sigsync.sync_once(db, now=clock.advance(10))
+    row = signal_row(db, BULL)
+    assert row["status"] == "ACTIVE" and row["exit_price"] is None and row["mae"] is None
+
+
 def test_an_estimate_never_lowers_a_running_maximum(db, clock):
     send(db, clock, **entry(BULL))
     for price in (25720.0, 25690.0):                  # +1.0R then +0.25R
