@@ -1884,13 +1884,17 @@ def _tier2_calculation(row, ctx):
     evidence = {"price": sample["price"], "received_at": sample["received_at"],
                 "event_id": sample["event_id"], "from_trade": sample["trade_id"],
                 "symbol": symbol_key(row["symbol"])}
+    moved = 0
     for field, value, better in (("no_be_mfe", max(r, 0.0), max), ("mae", min(r, 0.0), min)):
         prov = row["provenance"].get(field)
         if row[field] is None or (prov and prov[1] < 1.0):
             new = round(value if row[field] is None else better(row[field], value), 6)
-            changes += estimate(row, field, new, "calculated", 0.8, "tier2",
-                                "from the latest fresh price of the same symbol", evidence,
-                                update=True)
+            moved += estimate(row, field, new, "calculated", 0.8, "tier2",
+                              "from the latest fresh price of the same symbol", evidence,
+                              update=True)
+    if moved:
+        changes += moved
+        _derive_status(row)             # an estimated MFE of 1R arms the BE leg (SPEC §2)
     past_stop = (sample["price"] <= stop) if sign == 1 else (sample["price"] >= stop)
     if past_stop and not fs.get("inferred_exit"):
         fs["inferred_exit"] = {"evidence_received_at": sample["received_at"]}

@@ -275,6 +275,23 @@ def test_a_backfilled_old_bar_is_no_fresh_price(db, clock):
     assert row["status"] == "ACTIVE" and row["exit_price"] is None and row["mae"] is None
 
 
+def test_an_estimated_mfe_of_one_r_arms_the_break_even_leg_and_its_stop(db, clock):
+    send(db, clock, **entry(BULL))                    # entry 25680, stop 25640: 1R = 40
+    send(db, clock, event_type="MFE_UPDATE", trade_id="20251215_090000000_BEARISH",
+         symbol="MNQ1!", current_price=25724.0)       # +1.1R
+    sigsync.sync_once(db, now=clock.advance(10))
+    row = signal_row(db, BULL)
+    assert (row["no_be_mfe"], row["be_state"]) == (1.1, "TRIGGERED")
+    clock.advance(60)
+    send(db, clock, event_type="MFE_UPDATE", trade_id="20251215_090000000_BEARISH",
+         symbol="MNQ1!", current_price=25630.0)       # then past the stop: BE stop crossed first
+    sigsync.sync_once(db, now=clock.advance(10))
+    row = signal_row(db, BULL)
+    assert (row["status"], row["be_state"], row["be_exit_price"]) == ("EXITED", "STOPPED",
+                                                                     25680.0)
+    assert prov(row, "be_exit_price") == ["inferred", 0.7]
+
+
 def test_an_estimate_never_lowers_a_running_maximum(db, clock):
     send(db, clock, **entry(BULL))
     for price in (25720.0, 25690.0):                  # +1.0R then +0.25R
