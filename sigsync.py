@@ -1597,19 +1597,28 @@ def _derive_status(row):
     else:
         status = "PENDING"
     row["status"] = status
-    if "ENTRY" in types and "CANCELLED" in types:
-        row["conflicts"]["entry_and_cancelled"] = {
-            "event_ids": sorted([fs["first"]["ENTRY"][0], fs["first"]["CANCELLED"][0]])}
+    evidence = types & ENTRY_EVIDENCE
+    if "CANCELLED" in types and evidence:
+        # CANCELLED against any evidence of an entry (an MFE update or an exit counts, SPEC
+        # §2), never resolved silently (§3.6): the status follows the evidence, the conflict
+        # names both sides (the events of the lifecycle types; MFE updates by type only)
+        ids = {fs["first"][t][0] for t in evidence | {"CANCELLED"} if t in fs["first"]}
+        row["conflicts"]["entry_and_cancelled"] = {"event_ids": sorted(ids),
+                                                   "evidence": sorted(evidence)}
     if types & {"EXIT_BE", "EXIT_SL"} or fs.get("inferred_exit"):
         row["be_state"] = "STOPPED"
     elif fs.get("be_triggered") or (row["no_be_mfe"] or 0) >= 1.0:
         row["be_state"] = "TRIGGERED"      # the indicator's rule: BE arms at +1R
     else:
         row["be_state"] = "NONE"
+    # Judged on the values the row holds now, whatever order they came in: a later, better
+    # confirmation_time that ends the contradiction ends the conflict too.
     if row["exit_sl_at"] and row["confirmation_time"] and row["exit_sl_at"] < row[
             "confirmation_time"]:
         row["conflicts"]["exit_before_entry"] = {"exit_sl_at": row["exit_sl_at"],
                                                  "confirmation_time": row["confirmation_time"]}
+    else:
+        row["conflicts"].pop("exit_before_entry", None)
 
 
 # ============================================================================================

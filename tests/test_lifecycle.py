@@ -31,12 +31,13 @@ def trades(draw):
         events.append({**base, "event_type": "SIGNAL_CREATED", "session": "NY AM",
                        "htf_alignment": htf, "event_timestamp": f"2025-12-15T10:{minute:02d}:00",
                        "market_state": {"trend_regime": direction}})
-    fate = draw(st.sampled_from(["pending", "cancelled", "trade"]))
-    if fate == "cancelled":
+    # "contradicted": a CANCELLED and then the trade anyway (a conflict in every order)
+    fate = draw(st.sampled_from(["pending", "cancelled", "trade", "contradicted"]))
+    if fate in ("cancelled", "contradicted"):
         events.append({**base, "event_type": "CANCELLED", "cancel_reason": "opposite_signal",
                        "cancelled_by": "20251215_110000000_" + (
                            "BEARISH" if bullish else "BULLISH"), "bars_pending": 3})
-    if fate != "trade":
+    if fate in ("pending", "cancelled"):
         return trade_id, events
     if draw(st.booleans()):
         events.append({**base, "event_type": "ENTRY", "entry_price": entry, "stop_loss": stop,
@@ -108,6 +109,55 @@ def test_any_order_and_duplication_gives_the_in_order_state(data, trade):
     for body in repeats:                      # resends land anywhere, even before the original
         delivery.insert(data.draw(st.integers(0, len(delivery)), label="at"), body)
     assert final_state(delivery, arrival) == expected
+
+
+def deliver(bodies, step=1):
+    """The bodies in this order, `step` seconds apart from 15:00Z; the signal row."""
+    with tempfile.TemporaryDirectory() as tmp:
+        db = sigsync.open_db(f"{tmp}/c.db")
+        try:
+            for k, body in enumerate(bodies):
+                sigsync.ingest(db, json.dumps(body).encode(),
+                               now=START + dt.timedelta(hours=1, seconds=k * step))
+            row = db.query("SELECT * FROM signals")[0]
+            ids = {e["event_type"]: e["event_id"] for e in db.query(
+                "SELECT event_type, event_id FROM events")}
+        finally:
+            db.close()
+    return dict(row, conflicts=json.loads(row["conflicts"])), ids
+
+
+def test_a_cancelled_trade_with_mfe_and_exit_evidence_is_a_conflict_not_a_silent_choice():
+    base = {"trade_id": "20251215_094200000_BULLISH", "direction": "Bullish",
+            "symbol": "MNQ1!"}
+    cancelled = {**base, "event_type": "CANCELLED", "cancel_reason": "opposite_signal"}
+    mfe = {**base, "event_type": "MFE_UPDATE", "no_be_mfe": 0.4, "mae_global_r": -0.2}
+    exit_sl = {**base, "event_type": "EXIT_SL", "exit_price": 25640.0}
+    for order in ([cancelled, mfe, exit_sl], [exit_sl, mfe, cancelled]):
+        row, ids = deliver(order)
+        assert row["status"] == "EXITED"              # the evidence of a trade decides
+        assert row["conflicts"]["entry_and_cancelled"] == {
+            "event_ids": sorted([ids["CANCELLED"], ids["EXIT_SL"]]),
+            "evidence": ["EXIT_SL", "MFE_UPDATE"]}
+
+
+def test_exit_before_entry_is_judged_on_the_final_values_whatever_the_order():
+    base = {"trade_id": "20251215_094200000_BULLISH", "direction": "Bullish",
+            "symbol": "MNQ1!", "entry_price": 25680.0, "stop_loss": 25640.0}
+    late = {**base, "event_type": "MFE_UPDATE", "no_be_mfe": 0.1,
+            "confirmation_time": "2025-12-15T10:45:00"}        # 15:45Z, after the exit
+    early = {**base, "event_type": "ENTRY", "confirmation_time": "2025-12-15T09:45:00"}
+    exit_sl = {**base, "event_type": "EXIT_SL", "exit_price": 25640.0}
+    finals = []
+    for order in ([late, exit_sl, early], [early, late, exit_sl], [exit_sl, early, late]):
+        row, _ = deliver(order, step=0)               # one arrival instant: 15:00Z
+        conflict = row["conflicts"].get("exit_before_entry")
+        assert (conflict is not None) == (row["exit_sl_at"] < row["confirmation_time"])
+        if conflict:
+            assert conflict == {"exit_sl_at": row["exit_sl_at"],
+                                "confirmation_time": row["confirmation_time"]}
+        finals.append((row["confirmation_time"], row["conflicts"]))
+    assert finals[0] == finals[1] == finals[2]
 
 
 def test_permutations_of_the_fixture_lifecycle_agree():
