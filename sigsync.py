@@ -44,7 +44,7 @@ import apsw
 import bottle
 import schedule
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 HERE = os.path.dirname(os.path.abspath(__file__))
 log = logging.getLogger("sigsync")
 
@@ -2398,21 +2398,34 @@ def backup_to(source_path, dest):
     then renamed over `dest`, so a crash never leaves a half backup under that name.
     """
     dest = os.path.abspath(dest)
+    if os.path.isdir(dest):
+        raise SigsyncError(f"backup: {dest} is a directory; name the backup file, e.g. "
+                           f"{os.path.join(dest, 'sigsync.db')}")
+    if not os.path.isdir(os.path.dirname(dest)):
+        raise SigsyncError(f"backup: no such directory: {os.path.dirname(dest)}")
     tmp = f"{dest}.tmp-{os.getpid()}"
-    source = _connect(source_path)
     try:
-        target = apsw.Connection(tmp)
+        source = _connect(source_path)
         try:
-            with target.backup("main", source, "main") as b:
-                b.step(-1)
-                pages = b.pagecount
+            target = apsw.Connection(tmp)
+            try:
+                with target.backup("main", source, "main") as b:
+                    b.step(-1)
+                    pages = b.pagecount
+            finally:
+                target.close()
         finally:
-            target.close()
-    finally:
-        source.close()
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, dest)
+            source.close()
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        for leftover in (tmp, tmp + "-journal"):      # never leave a partial copy behind
+            try:
+                os.unlink(leftover)
+            except FileNotFoundError:
+                pass
+        raise
     directory = os.open(os.path.dirname(dest), os.O_RDONLY)
     try:
         os.fsync(directory)

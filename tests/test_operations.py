@@ -252,3 +252,19 @@ def test_the_reads_of_the_request_log_seek_its_one_index(tmp_path):
             assert len(plan) == 1 and re.fullmatch(
                 r"SEARCH requests USING (COVERING )?INDEX requests_source_received "
                 r"\(source=\?( AND received_at[=>]\?)?\)", plan[0]), plan
+
+
+def test_backup_to_a_directory_or_a_missing_one_says_so_and_leaves_nothing(run_cli, tmp_path):
+    db_path = tmp_path / "b.db"
+    with open_database(db_path) as db:
+        sigsync.demo(db, start=START)
+    for dest, message in ((tmp_path, "is a directory"),
+                          (tmp_path / "nowhere" / "x.db", "no such directory")):
+        before = set(tmp_path.iterdir())
+        code, _, err = run_cli("backup", "--db", db_path, dest)
+        assert code == 1 and err.startswith("error: backup: ") and message in err, err
+        assert "Traceback" not in err
+        assert set(tmp_path.iterdir()) == before           # no temporary copy left behind
+    code, out, err = run_cli("backup", "--db", db_path, tmp_path / "ok.db")
+    assert code == 0, err
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
