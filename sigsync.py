@@ -2949,7 +2949,8 @@ def make_app(db, clock, config):
         raw = stream.read(min(length, config.max_body + 1)) if length else b""
         return raw, length
 
-    def authorise(environ, data, peer):
+    def authorise(environ, data, peer, unreadable=None):
+        """Allow list, then the secret; `unreadable`: why the body could not be parsed."""
         if config.allow_ips and not _in_networks(peer or "", config.allow_ips):
             raise Rejected(f"address {peer} is not in the allow list", "forbidden_address", 403)
         if not config.secret:
@@ -2960,6 +2961,10 @@ def make_app(db, clock, config):
             offered = data.get("secret")
             if offered is None and isinstance(data.get("attributes"), dict):
                 offered = data["attributes"].get("secret")
+        if offered is None and unreadable is not None:
+            # Unauthenticated garbage is refused as such (401): it is kept, but replay skips it
+            raise Rejected(f"a secret is required and none could be read ({unreadable.message}):"
+                           " add ?token=... to the webhook URL", "unauthorized", 401)
         if offered is None:
             raise Rejected("a secret is required: add ?token=... to the webhook URL or a "
                            "\"secret\" field to the message", "unauthorized", 401)
@@ -2981,8 +2986,8 @@ def make_app(db, clock, config):
                                "body_too_large", 413)
             try:
                 data = parse_body(raw)
-            except Rejected:
-                authorise(environ, None, peer) if config.allow_ips else None
+            except Rejected as unusable:
+                authorise(environ, None, peer, unreadable=unusable)
                 raise
             authorise(environ, data, peer)
             result = ingest(db, raw, now=now, peer=peer, path=path, content_type=content_type,

@@ -344,6 +344,17 @@ def test_wrong_body_secret_is_403_and_masked(secured, body, masked):
     assert_refused(s, db, body, 403, "forbidden", "secret", kept=masked)
 
 
+@pytest.mark.parametrize("query, status, code", [
+    ("", 401, "unauthorized"),              # no token, and no body secret can be read
+    ("?token=wrong", 403, "forbidden"),
+    ("?token=s3cret", 400, "invalid_json"),  # authenticated: the body itself is the problem
+])
+def test_an_unparseable_body_is_authenticated_before_it_is_judged(secured, query, status, code):
+    s, db = secured
+    assert_refused(s, db, b'{"event_type": "ENTRY", "trade_id": ', status, code,
+                   "secret" if status != 400 else "JSON", query=query)
+
+
 def test_right_token_is_accepted(secured):
     s, db = secured
     status, answer = s.post(HEARTBEAT, query="?token=s3cret")
