@@ -2599,9 +2599,8 @@ STATUS_FILTERS = {"pending": ("PENDING",), "active": ("ACTIVE",), "exited": ("EX
 LIST_COLUMNS = [
     "trade_id", "status", "be_state", "be_triggered_at", "exit_be_at", "symbol", "direction",
     "timeframe", "session", "signal_time", "signal_date", "entry_price", "stop_loss", "risk",
-    "no_be_mfe", "be_mfe",
-    "mae", "final_mfe", "htf_alignment", "confirmation_time", "exit_reason", "exit_price",
-    "cancelled_at", "event_count", "last_received_at"]
+    "no_be_mfe", "be_mfe", "mae", "final_mfe", "htf_alignment", "confirmation_time",
+    "exit_reason", "exit_price", "cancelled_at", "event_count", "last_received_at"]
 CANCELLED_COLUMNS = ["trade_id", "symbol", "direction", "session", "signal_time",
                      "cancelled_at", "cancelled_by", "cancel_reason", "bars_pending"]
 
@@ -3034,12 +3033,11 @@ def make_app(db, clock, config):
     def require_read_token():
         environ = bottle.request.environ
         if not config.read_token:
-            if config.loopback_only and not _forwarded(environ):
-                return      # only this machine can ask
-            if not config.loopback_only:
-                return      # --insecure without a read token: the operator chose an open API
-            # On loopback behind a reverse proxy, every client on the internet arrives from
+            # Open to this machine alone, or (--insecure) to all by the operator's choice. On
+            # loopback behind a reverse proxy every client on the internet arrives from
             # 127.0.0.1: the proxy's forwarding header is what tells them apart.
+            if not config.loopback_only or not _forwarded(environ):
+                return
             raise SigsyncError("this request came through a proxy and no read token is set: "
                                "set SIGSYNC_READ_TOKEN and open the page as /?token=...",
                                "unauthorized", 401)

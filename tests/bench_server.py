@@ -149,8 +149,7 @@ def main(argv=None):
     print(json.dumps({"port": server.port, "pid": os.getpid(), "server": args.server}),
           flush=True)
     try:
-        while not stop.wait(0.25):
-            sched.run_pending()
+        sigsync.run_jobs(sched, stop)       # here on the main thread: nothing else to do
     finally:
         server.stop()
         if args.profile:
