@@ -298,7 +298,8 @@ def test_complete_bullish_lifecycle(rows):
     assert s["first_received_at"] == min(e["received_at"] for e in events)
     assert s["last_received_at"] == max(e["received_at"] for e in events)
     # The v3 batch carries the confirmation time (09:45 NY); nothing may invent another one.
-    assert s["confirmation_time"] in (None, "2025-12-15T14:45:00.000Z")
+    assert s["confirmation_time"] == "2025-12-15T14:45:00.000Z"
+    assert s["provenance"]["confirmation_time"] == ["indicator", 1.0]
     assert s["cancelled_at"] is None and s["cancelled_by"] is None
     assert s["cancel_reason"] is None and s["bars_pending"] is None
     assert s["conflicts"] == {}
@@ -332,8 +333,10 @@ def test_bearish_entry_only(rows):
     assert s["session"] is None   # no triangle time received: unknown until Tier 3 parses the trade_id
     assert s["htf_alignment"]["h1"] == "Bearish"
     assert s["provenance"]["htf_alignment"] == ["indicator", 1.0]
-    # The ENTRY's event_timestamp is the triangle time (11:02 NY): if used, it must be that.
-    assert s["signal_time"] in (None, "2025-12-15T16:02:00.000Z")
+    # The ENTRY's event_timestamp is not taken as the signal time (SPEC §1.4 quirk): until a
+    # pass runs Tier 3 on the trade_id (0.9), the signal time is honestly unknown.
+    assert s["signal_time"] is None and s["signal_date"] is None
+    assert "signal_time" not in s["provenance"]
     assert s["exit_price"] is None and s["exit_sl_at"] is None
     assert s["conflicts"] == {}
 
