@@ -52,6 +52,17 @@ CREATE TABLE events (
 CREATE INDEX events_trade ON events(trade_id, event_id);
 -- No index by type: counts by type are kept in `counters` ('events:<TYPE>').
 
+-- Repeats: a trade event (ENTRY, MFE_UPDATE, BE_TRIGGERED, EXIT_*) that arrived again after it
+-- was stored. Not a new event and not counted again, but the indicator reporting the trade:
+-- it moves the trade's last_update_at and its market's activity (a trade that stopped moving
+-- sends the same update every bar), and rebuild replays it. One row per (request, event).
+CREATE TABLE event_repeats (
+    request_id   INTEGER NOT NULL REFERENCES requests(request_id),
+    event_id     INTEGER NOT NULL REFERENCES events(event_id),
+    received_at  TEXT NOT NULL,            -- the repeat's arrival (server clock)
+    PRIMARY KEY (request_id, event_id)
+) WITHOUT ROWID;
+
 ------------------------------------------------------------------------------------------------
 -- Dead letters: requests that were refused with a 4xx. Not part of the log: bounded (the oldest
 -- are dropped beyond the configured count), kept for a person to inspect and replay.
@@ -303,7 +314,7 @@ CREATE TABLE counters (
     value INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 
-PRAGMA user_version = 2;
+PRAGMA user_version = 3;
 
 -- @views ---------------------------------------------------------------------------------------
 -- Re-created on every start: rules live here, data does not.

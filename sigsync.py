@@ -386,6 +386,10 @@ GROUP_COMMIT_MAX = 64           # jobs in one group-commit transaction, at most
 MIGRATIONS = {
     # 0.3: two indexes the webhook paid for on every request and no query needed.
     1: "DROP INDEX IF EXISTS requests_received; DROP INDEX IF EXISTS events_type_received;",
+    # 0.5: repeats of trade events keep the trade alive (see schema.sql).
+    2: "CREATE TABLE event_repeats (request_id INTEGER NOT NULL REFERENCES requests(request_id),"
+       " event_id INTEGER NOT NULL REFERENCES events(event_id), received_at TEXT NOT NULL,"
+       " PRIMARY KEY (request_id, event_id)) WITHOUT ROWID;",
 }
 
 
@@ -1086,7 +1090,8 @@ def ingest(db, raw, *, now, peer=None, path="/api/automated-signals/webhook",
             batch_index = index if event_type == "MFE_UPDATE_BATCH" else None
             stored.append(_store_event(conn, request_id, received_at, payload, batch_index,
                                        canonical, dedup_key))
-        if skip_known and _already_known(conn, stored, request_id, received_at, raw):
+        if skip_known and _already_known(conn, stored, request_id, received_at, raw,
+                                         skip_known == "request"):
             raise AlreadyStored()               # rolls this job's writes back
         return IngestResult(request_id, event_type, stored)
 
@@ -1099,9 +1104,14 @@ _KNOWN_REQUEST_SQL = ("SELECT 1 FROM requests WHERE source IN ('webhook', 'impor
                       "'demo') AND received_at = ? AND raw_body = ? AND request_id <> ?")
 
 
-def _already_known(conn, stored, request_id, received_at, raw):
-    if stored:
-        return all(e["duplicate"] for e in stored)
+def _already_known(conn, stored, request_id, received_at, raw, same_request):
+    """Is this import line in the log already? With same_request (an exported request, its
+    arrival known), a line of duplicates is new unless this very request is stored: it was a
+    resend, and a resend of a trade event is a repeat (event_repeats)."""
+    if stored and not all(e["duplicate"] for e in stored):
+        return False
+    if stored and not same_request:
+        return True
     return bool(conn.execute(_KNOWN_REQUEST_SQL,
                              (received_at, mask_secret(raw), request_id)).fetchall())
 
@@ -1137,6 +1147,14 @@ def _store_event(conn, request_id, received_at, payload, batch_index, canonical,
                                           (dedup_key,)).fetchall()[0][0]
         _bump(conn, "duplicates")
         _bump(conn, f"duplicates:{payload['event_type']}")
+        if payload["event_type"] in EXCURSION_TYPES:
+            # Not a new fact, but news that the indicator still reports the trade: a trade
+            # that stopped moving sends the same update every bar (a v3 batch element has no
+            # time of its own). Logged, so that rebuild replays it.
+            conn.execute("INSERT OR IGNORE INTO event_repeats(request_id, event_id, received_at) "
+                         "VALUES (?, ?, ?)", (request_id, result["event_id"], received_at))
+            if derive:
+                derive_repeat(conn, trade_id, payload.get("symbol"), received_at)
         return result
     event = {"event_id": rows[0][0], "received_at": received_at, "dedup_key": dedup_key,
              "event_type": payload["event_type"], "trade_id": trade_id, "payload": payload}
@@ -1373,6 +1391,27 @@ def derive_event(conn, event, cache=None):
         cache[trade_id] = row
     else:
         save_signal(conn, row, now=event["received_at"])
+
+
+def derive_repeat(conn, trade_id, symbol, received_at, cache=None):
+    """Apply a repeat of a stored trade event (event_repeats): the trade is still reported.
+
+    Only liveness moves: the trade's last update and its market's activity. No value, count
+    or first-received time changes, since the event itself was counted once."""
+    row = cache.get(trade_id) if cache is not None else load_signal(conn, trade_id)
+    if row is None:
+        return
+    _record_activity(conn, symbol or row["symbol"], {"received_at": received_at})
+    if fold_repeat(row, received_at) and cache is None:
+        save_signal(conn, row, now=received_at)
+
+
+def fold_repeat(row, received_at):
+    """Apply a repeat's arrival to a signal row, in place; True if the row changed."""
+    if row["last_update_at"] is None or received_at > row["last_update_at"]:
+        row["last_update_at"] = received_at
+        return True
+    return False
 
 
 def fold(row, event):
@@ -2174,6 +2213,10 @@ def refold(db, *, now):
                                 "payload": json.loads(payload), "dedup_key": dedup_key},
                          cache)
             count += 1
+        for trade_id, symbol, received_at in conn.cursor().execute(
+                "SELECT e.trade_id, e.symbol, r.received_at FROM event_repeats AS r "
+                "JOIN events AS e USING (event_id) ORDER BY r.request_id, r.event_id"):
+            derive_repeat(conn, trade_id, symbol, received_at, cache)
         for row in cache.values():
             save_signal(conn, row, now=iso(now))
     return {"events": count, "signals": len(cache)}
@@ -2446,7 +2489,8 @@ def check(db, *, now, sample=200, seed=None):
     ids = [r["trade_id"] for r in db.query("SELECT trade_id FROM signals")]
     chosen = random.Random(seed).sample(ids, min(sample, len(ids)))
     compared = ("status", "be_state", "event_count", "has_entry", "has_signal_created",
-                "first_received_at", "last_received_at", "no_be_mfe", "be_mfe", "mae")
+                "first_received_at", "last_received_at", "last_update_at", "no_be_mfe",
+                "be_mfe", "mae")
     for trade_id in chosen:
         stored = load_signal(db.reader(), trade_id)
         fresh = None
@@ -2459,6 +2503,9 @@ def check(db, *, now, sample=200, seed=None):
         if fresh is None:
             problems.append(f"{trade_id}: a signal without events")
             continue
+        for r in db.query("SELECT r.received_at FROM event_repeats AS r JOIN events AS e "
+                          "USING (event_id) WHERE e.trade_id = ?", (trade_id,)):
+            fold_repeat(fresh, r["received_at"])
         inferred = stored["fold_state"].get("inferred_cancel") or \
             stored["fold_state"].get("inferred_exit")
         for field in SIGNAL_COLUMNS:
@@ -2512,7 +2559,7 @@ def import_lines(db, lines, *, now, progress=None):
         if not line:
             continue
         counts["lines"] += 1
-        raw, received, meta = line.encode("utf-8"), now, {}
+        raw, received, meta, known = line.encode("utf-8"), now, {}, True
         try:
             data = json.loads(line)
         except ValueError:
@@ -2523,8 +2570,9 @@ def import_lines(db, lines, *, now, progress=None):
             received = from_iso(data["received_at"])
             meta = {"peer": data.get("peer"), "content_type": data.get("content_type"),
                     "path": data.get("path") or "/import"}
+            known = "request"
         try:
-            ingest(db, raw, now=received, source="import", skip_known=True,
+            ingest(db, raw, now=received, source="import", skip_known=known,
                    **{"path": "/import", **meta})
             counts["stored"] += 1
         except AlreadyStored:

@@ -126,6 +126,48 @@ def test_stale_mfe_stays_expected_when_only_another_symbol_moves(db, clock):
     assert gaps(db, clock)["stale_mfe"] == "expected"
 
 
+def test_a_repeated_update_keeps_a_flat_trade_alive_and_rebuild_agrees(db, clock):
+    """A trade that stopped moving sends the same MFE update every bar (a v3 batch element has
+    no time of its own). Each copy is a duplicate, not a new event, but it is the indicator
+    still reporting the trade: no stale_mfe while it keeps coming."""
+    send(db, clock, **entry())
+    same = dict(event_type="MFE_UPDATE_BATCH", symbol="MNQ1!", timeframe="1", signals=[
+        {"trade_id": T, "triangle_time": 1765810800000, "entry": 25680.0, "stop": 25640.0,
+         "be_mfe": 0.5, "no_be_mfe": 0.5, "mae": -0.2, "completed": False}])
+    first = send(db, clock, **same)
+    for seconds in (300, 600, 900):
+        at(clock, seconds)
+        again = send(db, clock, **same)
+        assert again.events[0]["duplicate"] and again.events[0]["event_id"] == \
+            first.events[0]["event_id"]
+    at(clock, 900 + 600)
+    assert "stale_mfe" not in gaps(db, clock)        # 600 s after the last copy: not yet
+    at(clock, 900 + 600.001)
+    assert gaps(db, clock)["stale_mfe"] == "expected"    # the copies stopped, and the market too
+    row = db.query("SELECT event_count, last_update_at, no_be_mfe FROM signals "
+                   "WHERE trade_id = ?", (T,))[0]
+    assert row == {"event_count": 2, "last_update_at": "2025-12-15T14:15:00.000Z",
+                   "no_be_mfe": 0.5}
+    assert db.query("SELECT last_received_at FROM symbol_activity") == [
+        {"last_received_at": "2025-12-15T14:15:00.000Z"}]
+    live = {t: db.query(f"SELECT * FROM {t} ORDER BY 1, 2") for t in sigsync.DERIVED_TABLES}
+    sigsync.refold(db, now=clock.now())
+    assert {t: db.query(f"SELECT * FROM {t} ORDER BY 1, 2")
+            for t in sigsync.DERIVED_TABLES} == live
+
+
+def test_a_repeat_is_market_activity_for_the_other_trades(db, clock):
+    send(db, clock, **entry())
+    send(db, clock, **entry(trade_id=OTHER))
+    update = dict(event_type="MFE_UPDATE", trade_id=OTHER, symbol="MNQ1!", no_be_mfe=0.3)
+    send(db, clock, **update)
+    at(clock, 700)
+    assert gaps(db, clock)["stale_mfe"] == "expected"
+    assert send(db, clock, **update).events[0]["duplicate"]
+    assert gaps(db, clock)["stale_mfe"] == "abnormal"    # the market is sending data
+    assert "stale_mfe" not in gaps(db, clock, trade_id=OTHER)
+
+
 @pytest.mark.parametrize("mine, theirs", [("CME_MINI:MNQ1!", "MNQ1!"),
                                            ("MNQ 1!", "CME_MINI:MNQ1!"),
                                            ("BINANCE:BTC:USDT", "BINANCE:BTC:USDT")])

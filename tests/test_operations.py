@@ -77,6 +77,31 @@ def test_export_then_import_reproduces_the_signals_and_a_second_import_adds_noth
     assert csv_lines[0].startswith("trade_id,id_time,") and len(csv_lines) == n_signals + 1
 
 
+def test_a_resend_survives_export_and_import_as_a_repeat(tmp_path, run_cli):
+    """A trade event sent again later keeps the trade alive (event_repeats); an export carries
+    the resend as a request, and the import makes it a repeat again, once."""
+    origin, copy = tmp_path / "o.db", tmp_path / "c.db"
+    update = json.dumps({"event_type": "MFE_UPDATE", "trade_id": "20251215_094200000_BULLISH",
+                         "symbol": "MNQ1!", "no_be_mfe": 0.4}).encode()
+    with open_database(origin) as db:
+        sigsync.ingest(db, update, now=START)
+        sigsync.ingest(db, update, now=START + dt.timedelta(minutes=7))
+    code, _, err = run_cli("export", "--db", origin, "--events", tmp_path / "e.ndjson")
+    assert code == 0, err
+    for attempt in ("first", "second"):
+        code, out, err = run_cli("import", "--db", copy, tmp_path / "e.ndjson")
+        assert code == 0, err
+        assert ("2 stored, 0 already" if attempt == "first" else "0 stored, 2 already") in out
+    for path in (origin, copy):
+        with open_database(path) as db:
+            assert db.query("SELECT last_update_at, event_count FROM signals") == [
+                {"last_update_at": "2025-12-15T14:07:00.000Z", "event_count": 1}]
+            assert db.query("SELECT received_at FROM event_repeats") == [
+                {"received_at": "2025-12-15T14:07:00.000Z"}]
+        code, out, err = run_cli("check", "--db", path)
+        assert code == 0 and out.strip().endswith("ok"), out + err
+
+
 def test_import_of_raw_bodies_is_idempotent(tmp_path, run_cli):
     lines = [json.dumps({"event_type": "ENTRY", "trade_id": "20251215_094200000_BULLISH",
                          "direction": "Bullish", "entry_price": 25683.5}),
@@ -212,28 +237,33 @@ def test_the_readme_first_command_demo_then_serve_shows_a_populated_page(server,
 
 
 def test_a_version_1_database_is_migrated_in_place_and_keeps_its_log(tmp_path):
-    """0.2 databases (user_version 1) had two more indexes on the log; opening one drops them,
-    keeps every row, and the webhook path works on it."""
+    """0.2 databases (user_version 1) had two more indexes on the log and no event_repeats
+    (added in 0.5, user_version 3); opening one drops the indexes, adds the table, keeps every
+    row, and the webhook path works on it."""
     path = tmp_path / "v1.db"
     with open_database(path) as db:
         sigsync.demo(db, start=START)
         with db.write() as conn:
             conn.execute("CREATE INDEX requests_received ON requests(received_at);"
                          "CREATE INDEX events_type_received ON events(event_type, received_at);"
-                         "PRAGMA user_version = 1")
+                         "DROP TABLE event_repeats; PRAGMA user_version = 1")
         before = db.query("SELECT count(*) AS n FROM events")[0]["n"]
     with open_database(path) as db:
         indexes = {r["name"] for r in db.query(
             "SELECT name FROM sqlite_schema WHERE type = 'index' AND name NOT LIKE 'sqlite_%'")}
         assert not indexes & {"requests_received", "events_type_received"}
         assert "requests_source_received" in indexes
-        assert db.query("PRAGMA user_version")[0]["user_version"] == sigsync.schema_version() == 2
+        assert db.query("PRAGMA user_version")[0]["user_version"] == sigsync.schema_version() == 3
         assert db.query("SELECT count(*) AS n FROM events")[0]["n"] == before
         assert db.query("PRAGMA integrity_check")[0]["integrity_check"] == "ok"
         body = json.dumps({"event_type": "MFE_UPDATE", "trade_id": "20251215_094200000_BULLISH",
                            "no_be_mfe": 1.0, "be_mfe": 1.0, "mae_global_r": -0.2}).encode()
         result = sigsync.ingest(db, body, now=dt.datetime(2025, 12, 15, 15, tzinfo=dt.timezone.utc))
         assert not result.events[0]["duplicate"]
+        again = sigsync.ingest(db, body, now=dt.datetime(2025, 12, 15, 16, tzinfo=dt.timezone.utc))
+        assert again.events[0]["duplicate"]
+        assert db.query("SELECT received_at FROM event_repeats") == [
+            {"received_at": "2025-12-15T16:00:00.000Z"}]
 
 
 def test_the_reads_of_the_request_log_seek_its_one_index(tmp_path):
