@@ -1465,6 +1465,7 @@ def fold(row, event):
         _conflict_values(row, "entry_price", p.get("entry_price"))
     if row["entry_price"] is not None and row["stop_loss"] is not None:
         _derive_risk(row)
+        _check_stop_side(row)
 
     inferred = fs.get("inferred_exit")
     if inferred and etype == "MFE_UPDATE" and received > inferred["evidence_received_at"] \
@@ -1536,6 +1537,17 @@ def _earliest(row, field, value, source):
     if row[field] is None or value < row[field]:
         row[field] = value
         row["provenance"][field] = [source, 1.0]
+
+
+def _check_stop_side(row):
+    """A bullish stop lies below the entry, a bearish one above: otherwise R means nothing.
+    Judged on the values the row holds (the trade_id's direction), so any order agrees."""
+    entry, stop = row["entry_price"], row["stop_loss"]
+    if (stop >= entry) if row["id_direction"] == "Bullish" else (stop <= entry):
+        row["conflicts"]["stop_on_wrong_side"] = {
+            "direction": row["id_direction"], "entry_price": entry, "stop_loss": stop}
+    else:
+        row["conflicts"].pop("stop_on_wrong_side", None)
 
 
 def _derive_risk(row):

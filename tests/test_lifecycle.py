@@ -4,6 +4,7 @@ import datetime as dt
 import json
 import tempfile
 
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import sigsync
@@ -125,6 +126,36 @@ def deliver(bodies, step=1):
         finally:
             db.close()
     return dict(row, conflicts=json.loads(row["conflicts"])), ids
+
+
+@pytest.mark.parametrize("trade_id, entry, stop, wrong", [
+    ("20251215_100000000_BULLISH", 25680.0, 25700.0, True),
+    ("20251215_100000000_BULLISH", 25680.0, 25680.0, True),     # no risk at all
+    ("20251215_100000000_BULLISH", 25680.0, 25640.0, False),
+    ("20251215_100000000_BEARISH", 25680.0, 25640.0, True),
+    ("20251215_100000000_BEARISH", 25680.0, 25700.0, False)])
+def test_a_stop_on_the_wrong_side_of_the_entry_is_a_conflict(trade_id, entry, stop, wrong):
+    direction = trade_id.rsplit("_", 1)[1].title()
+    row, _ = deliver([{"event_type": "ENTRY", "trade_id": trade_id, "direction": direction,
+                       "entry_price": entry, "stop_loss": stop}])
+    if wrong:
+        assert row["conflicts"] == {"stop_on_wrong_side": {
+            "direction": direction, "entry_price": entry, "stop_loss": stop}}
+    else:
+        assert row["conflicts"] == {}
+
+
+def test_the_stop_side_is_judged_on_the_final_values_whatever_the_order():
+    """A batch element's stop (rank 1) is on the wrong side; the ENTRY's (rank 3) wins."""
+    t = "20251215_100000000_BULLISH"
+    batch = {"event_type": "MFE_UPDATE_BATCH", "signals": [
+        {"trade_id": t, "entry_price": 25680.0, "stop_loss": 25700.0, "no_be_mfe": 0.1}]}
+    entry = {"event_type": "ENTRY", "trade_id": t, "direction": "Bullish",
+             "entry_price": 25680.0, "stop_loss": 25640.0}
+    for order in ([batch], [batch, entry], [entry, batch]):
+        row, _ = deliver(order)
+        assert ("stop_on_wrong_side" in row["conflicts"]) == (order == [batch])
+        assert row["stop_loss"] == (25700.0 if order == [batch] else 25640.0)
 
 
 def test_a_cancelled_trade_with_mfe_and_exit_evidence_is_a_conflict_not_a_silent_choice():
