@@ -1799,6 +1799,11 @@ def health_report(db, now, settings=None):
 
 
 def open_gaps(db, now, *, gap=None, severity=None, trade_id=None, limit=1000, settings=None):
+    """Open gaps as of now, abnormal first; BadRequest for a gap type that does not exist (it
+    would match nothing, and "0 open gaps" would be a lie about a typo)."""
+    if gap is not None and not db.query("SELECT 1 FROM gap_types WHERE gap = ?", (gap,)):
+        known = ", ".join(r["gap"] for r in db.query("SELECT gap FROM gap_types ORDER BY gap"))
+        raise BadRequest(f"gap: unknown gap type {gap[:40]!r} (known: {known})")
     clauses, params = [], {"limit": limit}
     for name, value in (("gap", gap), ("severity", severity), ("trade_id", trade_id)):
         if value is not None:
@@ -2269,6 +2274,11 @@ def replay_rejected(db, *, now, include_auth=False, ids=None):
         outcomes.append({"rejected_id": row["rejected_id"], "outcome": "stored",
                          "event_id": first,
                          "duplicate": result.response()["duplicate"]})
+    waiting = {row["rejected_id"] for row in rows}
+    for rejected_id in sorted(set(ids or ()) - waiting):
+        outcomes.append({"rejected_id": rejected_id, "outcome": "not_found",
+                         "reason": "no dead letter waiting with this id (unknown, dropped "
+                                   "beyond the bound, or replayed already)"})
     return outcomes
 
 
@@ -3184,10 +3194,7 @@ def make_app(db, clock, config):
         severity = query_get("severity") or None
         if severity not in (None, "expected", "abnormal"):
             raise BadRequest("severity: expected 'expected' or 'abnormal'")
-        gap = query_get("gap") or None
-        if gap is not None and not db.query("SELECT 1 FROM gap_types WHERE gap = ?", (gap,)):
-            raise BadRequest(f"gap: unknown gap type {gap[:40]!r}")
-        rows = open_gaps(db, clock.now(), gap=gap, severity=severity,
+        rows = open_gaps(db, clock.now(), gap=query_get("gap") or None, severity=severity,
                          trade_id=query_get("trade_id") or None,
                          limit=_int_param("limit", 500, 1, 5000))
         return {"count": len(rows), "gaps": rows}
@@ -3712,12 +3719,19 @@ def cmd_replay_rejected(args, config):
             print(f"dead letter {o['rejected_id']}: {o['outcome']} {detail}".rstrip())
         stored = sum(o["outcome"] == "stored" for o in outcomes)
         print(f"{stored} of {len(outcomes)} dead letters now pass")
-    return 0
+    return 1 if any(o["outcome"] == "not_found" for o in outcomes) else 0
 
 
 def cmd_demo(args, config):
     db = open_db(config.db)
     try:
+        held = db.query("SELECT count(*) AS n FROM requests")[0]["n"]
+        if held:
+            # Generated trades must never mix with real ones, and the quick start may be run
+            # twice: leave a database with anything in it as it is.
+            print(f"demo: {config.db} already holds {held} requests; left as it is (demo fills "
+                  "only a new or empty database)")
+            return 0
         start = demo_start(Clock().now()) if args.start is None \
             else parse_time(args.start, "--start")[0]
         result = demo(db, start=start, seed=args.seed)
@@ -3786,7 +3800,8 @@ def build_parser():
                    help="also replay requests refused by authentication")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("demo", parents=[common], help="fill the database with a demo session")
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--seed", type=int, default=7, help="which generated session (the same "
+                   "seed and start give the same data) [7]")
     p.add_argument("--start", default=None, help="the session's day: its alerts run from 09:00 "
                    "New York that day (default: the latest weekday morning that is over)")
     return parser
@@ -3809,6 +3824,11 @@ def main(argv=None):
         if args.debug:
             raise
         print(f"error: {e.message}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # `sigsync.py export --events - | head`: the reader had enough. Python would complain
+        # again when it flushes stdout at exit, so point stdout at nothing first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
 
 

@@ -43,6 +43,25 @@ def test_demo_fills_every_status(run_cli, tmp_path):
                         "AND status IN ('ACTIVE', 'EXITED')")[0]["n"] >= 1
 
 
+def test_export_to_a_pipe_that_closes_early_ends_quietly(tmp_path):
+    """`sigsync.py export --events - | head -1`: no traceback when the reader stops."""
+    import subprocess
+    import sys
+    from conftest import ROOT
+    db_path = tmp_path / "pipe.db"
+    with open_database(db_path) as db:
+        sigsync.demo(db, start=START)               # ~300 kB of NDJSON: more than a pipe holds
+    proc = subprocess.Popen([sys.executable, str(ROOT / "sigsync.py"), "export", "--db",
+                             str(db_path), "--events", "-"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    first = proc.stdout.readline()
+    proc.stdout.close()                             # what `head -1` does
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 1
+    assert json.loads(first)["request_id"] == 1
+    assert err == "", err
+
+
 def test_replay_rejected_reports_what_now_passes(run_cli, tmp_path):
     db_path = tmp_path / "replay.db"
     good = json.dumps({"event_type": "ENTRY", "trade_id": "20251215_094200000_BULLISH",
@@ -68,6 +87,14 @@ def test_replay_rejected_reports_what_now_passes(run_cli, tmp_path):
         assert row[0]["replayed_at"] > sigsync.iso(START)
     code, out, _ = run_cli("replay-rejected", "--db", db_path)
     assert "0 of 2 dead letters now pass" in out             # the replayed one is not retried
+    # Asked by id: one replayed already, one that never was. Said so, and the exit is 1.
+    code, out, _ = run_cli("replay-rejected", "--db", db_path, "1", "2", "99")
+    lines = out.strip().splitlines()
+    assert code == 1
+    assert lines[0].startswith("dead letter 2: rejected invalid_json:")
+    assert lines[1].startswith("dead letter 1: not_found no dead letter waiting with this id")
+    assert lines[2].startswith("dead letter 99: not_found ")
+    assert lines[3] == "0 of 3 dead letters now pass"
 
 
 def test_errors_print_one_line_and_exit_non_zero(run_cli, tmp_path):
@@ -75,6 +102,13 @@ def test_errors_print_one_line_and_exit_non_zero(run_cli, tmp_path):
     code, out, err = run_cli("rebuild", "--db", bad)
     assert code == 1
     assert err.startswith("error: cannot open database") and "Traceback" not in err
+    # A typo in a filter is an error, not "0 open gaps" (the API answers it 400).
+    with open_database(tmp_path / "g.db"):
+        pass                                        # an empty database
+    code, out, err = run_cli("gaps", "--db", tmp_path / "g.db", "--gap", "stale_mef")
+    assert code == 1 and out == ""
+    assert err.startswith("error: gap: unknown gap type 'stale_mef' (known: ") and \
+        "stale_mfe" in err
 
 
 def test_non_loopback_bind_without_secret_is_refused(run_cli, tmp_path):

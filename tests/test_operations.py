@@ -222,6 +222,13 @@ def test_the_readme_first_command_demo_then_serve_shows_a_populated_page(server,
     db_path = tmp_path / db_name
     code, out, err = run_cli("demo", "--db", db_path)
     assert code == 0, err
+    with open_database(db_path) as db:
+        held = db.query("SELECT count(*) AS n FROM requests")[0]["n"]
+    # The quick start run a second time: demo leaves the database as it is, and serve starts.
+    code, out, err = run_cli("demo", "--db", db_path)
+    assert code == 0 and out.startswith(f"demo: {db_path} already holds {held} requests; left")
+    with open_database(db_path) as db:
+        assert db.query("SELECT count(*) AS n FROM requests")[0]["n"] == held
     s = server(db_path=db_path)
     status, page = http("GET", s.url + "/")
     assert status == 200 and b"<html" in page.lower()
