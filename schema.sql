@@ -805,7 +805,26 @@ CREATE VIEW v_global_conditions AS
 WITH n AS (SELECT now FROM v_now), st AS (SELECT * FROM v_settings),
 last_request AS (SELECT max(received_at) AS at FROM requests WHERE source = 'webhook'),
 last_run AS (SELECT started_at, outcome, error FROM sync_runs WHERE outcome <> 'skipped'
-              ORDER BY run_id DESC LIMIT 1)
+              ORDER BY run_id DESC LIMIT 1),
+-- TradingView counts per alert, and an alert is one chart: its symbol and timeframe, read from
+-- the webhooks of the rate window (an index range). A webhook that names no symbol (a
+-- heartbeat, a v2 batch) could come from any alert, so it counts for every one.
+recent AS (SELECT CASE WHEN json_valid(CAST(raw_body AS TEXT)) THEN CAST(raw_body AS TEXT) END
+                  AS body
+             FROM requests WHERE source = 'webhook' AND received_at >
+                  strftime('%Y-%m-%dT%H:%M:%fZ', (SELECT now FROM n),
+                           '-' || (SELECT rate_window_seconds FROM st) || ' seconds')),
+keyed AS MATERIALIZED (SELECT CASE WHEN s IS NOT NULL
+                      THEN replace(substr(s, instr(s, ':') + 1), ' ', '')   -- = symbol_key()
+                           || coalesce(' ' || tf, '') END AS alert
+            FROM (SELECT json_extract(body, '$.symbol') AS s,
+                         json_extract(body, '$.timeframe') AS tf FROM recent)),
+busiest AS (SELECT alert, n FROM (
+                SELECT alert, count(*) + (SELECT count(*) FROM keyed WHERE alert IS NULL) AS n
+                  FROM keyed WHERE alert IS NOT NULL GROUP BY alert
+                UNION ALL
+                SELECT NULL, count(*) FROM keyed WHERE alert IS NULL)
+             ORDER BY n DESC, alert IS NULL, alert LIMIT 1)
 SELECT 'indicator_silent' AS condition,
        CASE WHEN (SELECT at FROM last_request) IS NULL
                  OR (SELECT now FROM n) > strftime('%Y-%m-%dT%H:%M:%fZ', (SELECT at FROM last_request),
@@ -830,12 +849,9 @@ SELECT 'sync_failing', coalesce((SELECT outcome = 'failed' FROM last_run), 0),
        json_object('error', (SELECT error FROM last_run))
 UNION ALL
 SELECT 'alert_rate_near_cutoff',
-       (SELECT count(*) FROM requests WHERE source = 'webhook' AND received_at >
-            strftime('%Y-%m-%dT%H:%M:%fZ', (SELECT now FROM n),
-                     '-' || (SELECT rate_window_seconds FROM st) || ' seconds'))
-           >= (SELECT rate_warn_at FROM st),
-       json_object('requests_in_window', (SELECT count(*) FROM requests WHERE source = 'webhook'
-            AND received_at > strftime('%Y-%m-%dT%H:%M:%fZ', (SELECT now FROM n),
-                     '-' || (SELECT rate_window_seconds FROM st) || ' seconds')),
+       coalesce((SELECT n FROM busiest), 0) >= (SELECT rate_warn_at FROM st),
+       json_object('alert', (SELECT alert FROM busiest),
+                   'requests_in_window', coalesce((SELECT n FROM busiest), 0),
+                   'all_requests_in_window', (SELECT count(*) FROM recent),
                    'window_seconds', (SELECT rate_window_seconds FROM st),
                    'tradingview_cutoff', '15 alerts in 3 minutes');

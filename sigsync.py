@@ -3390,7 +3390,29 @@ def make_scheduler(db, clock, config, stop=None):
     sched.every(config.checkpoint_seconds).seconds.do(_guarded, "checkpoint", db.checkpoint)
     sched.every(config.sync_seconds).seconds.do(_guarded, "sync", job_sync, db, clock, config,
                                                 stop)
+    sched.every(WATCH_SECONDS).seconds.do(_guarded, "watch", job_watch, db, clock, {})
     return sched
+
+
+WATCH_SECONDS = 30      # how often the global conditions are looked at for the log
+
+
+def job_watch(db, clock, active):
+    """Log each global condition as it starts (a warning, with its detail) and as it ends.
+
+    `active` is the state of the last look, kept by the caller; the health panel shows the
+    conditions as they are, this puts them in the journal (an alert near TradingView's
+    cut-off among them, SPEC §1.1)."""
+    for c in health_query(db, "v_global_conditions", clock.now()):
+        name, now_active = c["condition"], bool(c["active"])
+        if now_active == active.get(name, False):
+            continue
+        active[name] = now_active
+        if now_active:
+            log.warning("what=condition condition=%s outcome=active detail=%s", name,
+                        c["detail"])
+        else:
+            log.info("what=condition condition=%s outcome=cleared", name)
 
 
 def run_jobs(sched, stop):

@@ -539,6 +539,66 @@ def test_alert_rate_boundaries(db, clock):
     assert detail["active"] and detail["detail"]["requests_in_window"] == 15
 
 
+def test_alert_rate_is_counted_per_alert(db, clock):
+    """TradingView cuts off one alert (one chart), so webhooks are counted per symbol and
+    timeframe; one naming no symbol counts for every alert."""
+    def hit(symbol, n, timeframe="1"):
+        for i in range(n):
+            body = {"event_type": "BAR", "symbol": symbol, "timeframe": timeframe,
+                    "time": f"2025-12-15T14:{len(seen):02d}:00", "open": 1, "high": 2,
+                    "low": 0.5, "close": 1.5}
+            seen.append(body)
+            sigsync.ingest(db, json.dumps(body).encode(), now=clock.now())
+
+    def rate():
+        return [c for c in sigsync.health_report(db, clock.now())["conditions"]
+                if c["condition"] == "alert_rate_near_cutoff"][0]
+
+    seen = []
+    hit("CME_MINI:MNQ1!", 6)
+    hit("MNQ1!", 3)                                  # the same market: the same alert
+    hit("MES1!", 8)
+    hit("MNQ1!", 5, timeframe="5")                   # another chart of it: another alert
+    r = rate()
+    assert not r["active"]                           # 22 webhooks, but no alert has 12
+    assert r["detail"]["alert"] == "MNQ1! 1" and r["detail"]["requests_in_window"] == 9
+    assert r["detail"]["all_requests_in_window"] == 22
+    sigsync.ingest(db, b'{"event_type": "HEARTBEAT", "n": 1}', now=clock.now())
+    sigsync.ingest(db, b'{"event_type": "HEARTBEAT", "n": 2}', now=clock.now())
+    assert not rate()["active"]                      # MNQ1! 1: 9 + 2 that could be its own
+    hit("MNQ1!", 1)
+    r = rate()
+    assert r["active"] and r["detail"]["alert"] == "MNQ1! 1"
+    assert r["detail"]["requests_in_window"] == 12
+
+
+def test_conditions_are_logged_as_they_start_and_end(db, clock, caplog):
+    """The serve loop's watch job puts a condition in the log once when it starts (with its
+    detail) and once when it ends; nothing while it lasts."""
+    import logging
+    caplog.set_level(logging.INFO, logger="sigsync")
+    sigsync.sync_once(db, now=clock.now())           # no pass late or failing
+    state = {}
+    for i in range(12):
+        sigsync.ingest(db, b'{"event_type": "HEARTBEAT", "n": %d}' % i, now=clock.now())
+
+    def look():
+        caplog.clear()
+        sigsync.job_watch(db, clock, state)
+        return [(r.levelname, r.getMessage()) for r in caplog.records]
+
+    logged = look()
+    assert len(logged) == 1 and logged[0][0] == "WARNING"
+    assert logged[0][1].startswith("what=condition condition=alert_rate_near_cutoff "
+                                   "outcome=active detail=")
+    assert '"requests_in_window":12' in logged[0][1]
+    assert look() == []                              # still on: said once
+    at(clock, 180)
+    assert look() == [("INFO", "what=condition condition=alert_rate_near_cutoff "
+                               "outcome=cleared")]
+    assert look() == []
+
+
 # --- the API's health history and gap filters ----------------------------------------------
 
 def test_health_history_is_one_row_per_pass_oldest_first(app, db, clock):
