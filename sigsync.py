@@ -3623,12 +3623,16 @@ def cmd_import(args, config):
         stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
         with stream:
             counts = import_lines(db, stream, now=Clock().now(), progress=progress)
+        if tty:
+            sys.stderr.write("\n")
+        # What the loop would do next, done now: the imported trades get their fills (and
+        # their gaps their true state) before anyone looks.
+        run = sync_once(db, now=Clock().now(), trigger="cli") if counts["stored"] else None
     finally:
         db.close()
-    if tty:
-        sys.stderr.write("\n")
     print(f"import: {counts['lines']} lines, {counts['stored']} stored, {counts['known']} "
-          f"already there, {counts['rejected']} rejected (kept as dead letters)")
+          f"already there, {counts['rejected']} rejected (kept as dead letters)"
+          + (f"; sync run {run['run_id']}: {run['changes']} fields filled" if run else ""))
     return 0 if counts["rejected"] == 0 else 1
 
 

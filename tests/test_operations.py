@@ -56,7 +56,11 @@ def test_export_then_import_reproduces_the_signals_and_a_second_import_adds_noth
     code, out, err = run_cli("import", "--db", copy, tmp_path / "e.ndjson")
     assert code == 0, err
     assert out.startswith(f"import: {stored} lines, {stored - 1} stored, 1 already there")
+    assert re.search(r"; sync run 1: \d+ fields filled$", out.strip()), out
     with open_database(copy) as db:
+        # import ran the loop's pass (tier 3 filled the session of every imported signal)
+        assert db.query("SELECT count(*) AS n FROM sync_runs WHERE outcome = 'ok'")[0]["n"] == 1
+        assert db.query("SELECT count(*) AS n FROM signals WHERE session IS NULL")[0]["n"] == 0
         sigsync.sync_once(db, now=end)                # the same evidence, the same clock
     compared = [c for c in sigsync.SIGNAL_COLUMNS if c != "fold_state"]
 
