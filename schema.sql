@@ -52,15 +52,18 @@ CREATE TABLE events (
 CREATE INDEX events_trade ON events(trade_id, event_id);
 -- No index by type: counts by type are kept in `counters` ('events:<TYPE>').
 
--- Repeats: a trade event (ENTRY, MFE_UPDATE, BE_TRIGGERED, EXIT_*) that arrived again after it
--- was stored. Not a new event and not counted again, but the indicator reporting the trade:
--- it moves the trade's last_update_at and its market's activity (a trade that stopped moving
--- sends the same update every bar), and rebuild replays it. One row per (request, event).
+-- Repeats: an MFE_UPDATE that arrived again, in a later request, after it was stored. Not a new
+-- event and not counted again, but the indicator still reporting the trade: a trade that
+-- stopped moving sends the same update every bar (a v3 batch element has no time of its own).
+-- It moves the trade's last_update_at and its market's activity (the stale_mfe gap reads
+-- both), and rebuild replays it. One row per (event, request).
 CREATE TABLE event_repeats (
-    request_id   INTEGER NOT NULL REFERENCES requests(request_id),
     event_id     INTEGER NOT NULL REFERENCES events(event_id),
+    request_id   INTEGER NOT NULL REFERENCES requests(request_id),
     received_at  TEXT NOT NULL,            -- the repeat's arrival (server clock)
-    PRIMARY KEY (request_id, event_id)
+    symbol_key   TEXT,                     -- the market it counted for (symbol_activity), as
+                                           -- known when it arrived; NULL when none was
+    PRIMARY KEY (event_id, request_id)     -- a trade's repeats: events_trade, then this
 ) WITHOUT ROWID;
 
 ------------------------------------------------------------------------------------------------

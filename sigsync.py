@@ -387,9 +387,10 @@ MIGRATIONS = {
     # 0.3: two indexes the webhook paid for on every request and no query needed.
     1: "DROP INDEX IF EXISTS requests_received; DROP INDEX IF EXISTS events_type_received;",
     # 0.5: repeats of trade events keep the trade alive (see schema.sql).
-    2: "CREATE TABLE event_repeats (request_id INTEGER NOT NULL REFERENCES requests(request_id),"
-       " event_id INTEGER NOT NULL REFERENCES events(event_id), received_at TEXT NOT NULL,"
-       " PRIMARY KEY (request_id, event_id)) WITHOUT ROWID;",
+    2: "CREATE TABLE event_repeats (event_id INTEGER NOT NULL REFERENCES events(event_id),"
+       " request_id INTEGER NOT NULL REFERENCES requests(request_id),"
+       " received_at TEXT NOT NULL, symbol_key TEXT, PRIMARY KEY (event_id, request_id))"
+       " WITHOUT ROWID;",
 }
 
 
@@ -1107,7 +1108,7 @@ _KNOWN_REQUEST_SQL = ("SELECT 1 FROM requests WHERE source IN ('webhook', 'impor
 def _already_known(conn, stored, request_id, received_at, raw, same_request):
     """Is this import line in the log already? With same_request (an exported request, its
     arrival known), a line of duplicates is new unless this very request is stored: it was a
-    resend, and a resend of a trade event is a repeat (event_repeats)."""
+    resend, and a resent MFE update is a repeat (event_repeats)."""
     if stored and not all(e["duplicate"] for e in stored):
         return False
     if stored and not same_request:
@@ -1143,18 +1144,17 @@ def _store_event(conn, request_id, received_at, payload, batch_index, canonical,
     result = {"event_id": None, "trade_id": trade_id, "event_type": payload["event_type"],
               "duplicate": not rows}
     if not rows:
-        result["event_id"] = conn.execute("SELECT event_id FROM events WHERE dedup_key = ?",
-                                          (dedup_key,)).fetchall()[0][0]
+        event_id, first_request = conn.execute(
+            "SELECT event_id, request_id FROM events WHERE dedup_key = ?",
+            (dedup_key,)).fetchall()[0]
+        result["event_id"] = event_id
         _bump(conn, "duplicates")
         _bump(conn, f"duplicates:{payload['event_type']}")
-        if payload["event_type"] in EXCURSION_TYPES:
+        if payload["event_type"] == "MFE_UPDATE" and first_request != request_id and derive:
             # Not a new fact, but news that the indicator still reports the trade: a trade
             # that stopped moving sends the same update every bar (a v3 batch element has no
             # time of its own). Logged, so that rebuild replays it.
-            conn.execute("INSERT OR IGNORE INTO event_repeats(request_id, event_id, received_at) "
-                         "VALUES (?, ?, ?)", (request_id, result["event_id"], received_at))
-            if derive:
-                derive_repeat(conn, trade_id, payload.get("symbol"), received_at)
+            store_repeat(conn, request_id, event_id, trade_id, payload, received_at)
         return result
     event = {"event_id": rows[0][0], "received_at": received_at, "dedup_key": dedup_key,
              "event_type": payload["event_type"], "trade_id": trade_id, "payload": payload}
@@ -1340,13 +1340,19 @@ def _record_price(conn, symbol, price, event):
 
 
 def _record_activity(conn, symbol, event):
-    if symbol is None:
+    if symbol is not None:
+        _touch_market(conn, symbol_key(symbol), event["received_at"])
+
+
+def _touch_market(conn, key, received_at):
+    """The market (a symbol key) sent data at received_at."""
+    if key is None:
         return
     conn.execute(
         "INSERT INTO symbol_activity(symbol_key, last_received_at) VALUES (?, ?) "
         "ON CONFLICT(symbol_key) DO UPDATE SET last_received_at = excluded.last_received_at "
         "WHERE excluded.last_received_at > symbol_activity.last_received_at",
-        (symbol_key(symbol), event["received_at"]))
+        (key, received_at))
 
 
 def _bar_close(bar):
@@ -1393,23 +1399,51 @@ def derive_event(conn, event, cache=None):
         save_signal(conn, row, now=event["received_at"])
 
 
-def derive_repeat(conn, trade_id, symbol, received_at, cache=None):
-    """Apply a repeat of a stored trade event (event_repeats): the trade is still reported.
+def store_repeat(conn, request_id, event_id, trade_id, payload, received_at):
+    """Log a repeat of a stored MFE update (event_repeats) and apply it.
 
-    Only liveness moves: the trade's last update and its market's activity. No value, count
-    or first-received time changes, since the event itself was counted once."""
-    row = cache.get(trade_id) if cache is not None else load_signal(conn, trade_id)
-    if row is None:
+    Only liveness moves: the trade's last update and its market's activity (and, like any
+    later update of an open trade, it withdraws an inferred exit). No value, count or
+    first-received time changes: the event itself was counted once. The usual case is one
+    guarded UPDATE; the row is loaded only when an inferred exit may have to go."""
+    found = conn.execute("SELECT symbol, json_extract(fold_state, '$.inferred_exit') IS NOT NULL "
+                         "FROM signals WHERE trade_id = ?", (trade_id,)).fetchall()
+    if not found:
         return
-    _record_activity(conn, symbol or row["symbol"], {"received_at": received_at})
-    if fold_repeat(row, received_at) and cache is None:
-        save_signal(conn, row, now=received_at)
+    symbol, inferred = found[0]
+    key = symbol_key(payload.get("symbol") or symbol)
+    conn.execute("INSERT OR IGNORE INTO event_repeats(event_id, request_id, received_at, "
+                 "symbol_key) VALUES (?, ?, ?, ?)", (event_id, request_id, received_at, key))
+    _touch_market(conn, key, received_at)
+    if inferred:
+        row = load_signal(conn, trade_id)
+        if fold_repeat(row, payload, received_at):
+            save_signal(conn, row, now=received_at)
+    else:
+        conn.execute("UPDATE signals SET last_update_at = ?1 WHERE trade_id = ?2 AND "
+                     "(last_update_at IS NULL OR last_update_at < ?1)", (received_at, trade_id))
 
 
-def fold_repeat(row, received_at):
-    """Apply a repeat's arrival to a signal row, in place; True if the row changed."""
+def fold_repeat(row, payload, received_at):
+    """Apply a repeat of an MFE update to a signal row, in place; True if the row changed."""
+    changed = _withdraw_inferred_exit(row, "MFE_UPDATE", payload, received_at)
+    if changed:
+        _derive_status(row)
     if row["last_update_at"] is None or received_at > row["last_update_at"]:
         row["last_update_at"] = received_at
+        changed = True
+    return changed
+
+
+def _withdraw_inferred_exit(row, etype, p, received):
+    """The trade's own update after the evidence of an inferred exit, not past the stop,
+    shows it still open: the inference was wrong. True if it was withdrawn."""
+    inferred = row["fold_state"].get("inferred_exit")
+    if inferred and etype == "MFE_UPDATE" and received > inferred["evidence_received_at"] \
+            and (p.get("mae_global_r") is None or p["mae_global_r"] > -1.0):
+        del row["fold_state"]["inferred_exit"]
+        retract(row, EXIT_FIELDS, "the trade's own later update shows it still open: the "
+                                  "inferred exit was wrong")
         return True
     return False
 
@@ -1467,12 +1501,7 @@ def fold(row, event):
         _derive_risk(row)
         _check_stop_side(row)
 
-    inferred = fs.get("inferred_exit")
-    if inferred and etype == "MFE_UPDATE" and received > inferred["evidence_received_at"] \
-            and (p.get("mae_global_r") is None or p["mae_global_r"] > -1.0):
-        del fs["inferred_exit"]
-        retract(row, EXIT_FIELDS, "the trade's own later update shows it still open: the "
-                                  "inferred exit was wrong")
+    _withdraw_inferred_exit(row, etype, p, received)
 
     # Excursions: running maximum / minimum of everything received, whatever the order.
     if etype in EXCURSION_TYPES:
@@ -2230,10 +2259,13 @@ def refold(db, *, now):
                                 "payload": json.loads(payload), "dedup_key": dedup_key},
                          cache)
             count += 1
-        for trade_id, symbol, received_at in conn.cursor().execute(
-                "SELECT e.trade_id, e.symbol, r.received_at FROM event_repeats AS r "
-                "JOIN events AS e USING (event_id) ORDER BY r.request_id, r.event_id"):
-            derive_repeat(conn, trade_id, symbol, received_at, cache)
+        for trade_id, payload, received_at, key in conn.cursor().execute(
+                "SELECT e.trade_id, e.payload, r.received_at, r.symbol_key "
+                "FROM event_repeats AS r JOIN events AS e USING (event_id) "
+                "ORDER BY r.request_id, r.event_id"):
+            _touch_market(conn, key, received_at)
+            if trade_id in cache:
+                fold_repeat(cache[trade_id], json.loads(payload), received_at)
         for row in cache.values():
             save_signal(conn, row, now=iso(now))
     return {"events": count, "signals": len(cache)}
@@ -2525,9 +2557,10 @@ def check(db, *, now, sample=200, seed=None):
         if fresh is None:
             problems.append(f"{trade_id}: a signal without events")
             continue
-        for r in db.query("SELECT r.received_at FROM event_repeats AS r JOIN events AS e "
-                          "USING (event_id) WHERE e.trade_id = ?", (trade_id,)):
-            fold_repeat(fresh, r["received_at"])
+        for r in db.query("SELECT e.payload, r.received_at FROM events AS e JOIN event_repeats "
+                          "AS r USING (event_id) WHERE e.trade_id = ? ORDER BY r.request_id",
+                          (trade_id,)):
+            fold_repeat(fresh, json.loads(r["payload"]), r["received_at"])
         inferred = stored["fold_state"].get("inferred_cancel") or \
             stored["fold_state"].get("inferred_exit")
         for field in SIGNAL_COLUMNS:
@@ -2574,7 +2607,8 @@ def export_signals_csv(db, out):
 
 def import_lines(db, lines, *, now, progress=None):
     """Ingest NDJSON: exported request lines (their received_at kept) or raw bodies (arriving
-    now). Idempotent: a line whose events are all stored already writes nothing."""
+    now). Idempotent: a raw line whose events are all stored already writes nothing; an
+    exported line writes nothing when that very request is stored (see _already_known)."""
     counts = {"stored": 0, "known": 0, "rejected": 0, "lines": 0}
     for number, line in enumerate(lines, start=1):
         line = line.strip()

@@ -112,6 +112,49 @@ def test_any_order_and_duplication_gives_the_in_order_state(data, trade):
     assert final_state(delivery, arrival) == expected
 
 
+def deliver_at(deliveries):
+    """(raw, arrival) pairs in this order; the signal rows' compared content, and whether a
+    refold of the log gives back the same derived tables."""
+    with tempfile.TemporaryDirectory() as tmp:
+        db = sigsync.open_db(f"{tmp}/r.db")
+        try:
+            for raw, at in deliveries:
+                sigsync.ingest(db, raw, now=at)
+            live = {t: db.query(f"SELECT * FROM {t} ORDER BY 1, 2")
+                    for t in sigsync.DERIVED_TABLES}
+            sigsync.refold(db, now=START)
+            rebuilt = {t: db.query(f"SELECT * FROM {t} ORDER BY 1, 2")
+                       for t in sigsync.DERIVED_TABLES}
+        finally:
+            db.close()
+    return [{c: row[c] for c in COMPARED} for row in live["signals"]], rebuilt == live
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), trade=trades())
+def test_later_resends_move_only_the_last_update_and_rebuild_agrees(data, trade):
+    """A resend that arrives later is a duplicate, not a new event; if it is an MFE update it
+    is a repeat: the trade's last_update_at moves to it, and nothing else does."""
+    _, events = trade
+    bodies = [json.dumps(e).encode() for e in events]
+    originals = [(b, START + dt.timedelta(minutes=k)) for k, b in enumerate(bodies)]
+    expected, agrees = deliver_at(originals)
+    assert agrees
+    last = START + dt.timedelta(minutes=len(bodies))
+    resent = data.draw(st.lists(st.tuples(st.sampled_from(bodies), st.integers(0, 3600)),
+                                max_size=4), label="resent (body, seconds after the last)") \
+        if bodies else []
+    resends = [(b, last + dt.timedelta(seconds=d)) for b, d in resent]
+    got, agrees = deliver_at(originals + resends)
+    assert agrees
+    repeats = [at for b, at in resends if json.loads(b)["event_type"] == "MFE_UPDATE_BATCH"]
+    for row in expected:
+        if repeats:
+            row["last_update_at"] = max([row["last_update_at"] or ""] +
+                                        [sigsync.iso(at) for at in repeats])
+    assert got == expected
+
+
 def deliver(bodies, step=1):
     """The bodies in this order, `step` seconds apart from 15:00Z; the signal row."""
     with tempfile.TemporaryDirectory() as tmp:

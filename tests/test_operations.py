@@ -82,7 +82,7 @@ def test_export_then_import_reproduces_the_signals_and_a_second_import_adds_noth
 
 
 def test_a_resend_survives_export_and_import_as_a_repeat(tmp_path, run_cli):
-    """A trade event sent again later keeps the trade alive (event_repeats); an export carries
+    """An MFE update sent again later keeps the trade alive (event_repeats); an export carries
     the resend as a request, and the import makes it a repeat again, once."""
     origin, copy = tmp_path / "o.db", tmp_path / "c.db"
     update = json.dumps({"event_type": "MFE_UPDATE", "trade_id": "20251215_094200000_BULLISH",

@@ -483,6 +483,37 @@ def test_a_price_older_than_the_trades_own_update_infers_nothing(db, clock):
     assert signal_row(db, BULL)["status"] == "ACTIVE"
 
 
+def derived(db):
+    return {t: db.query(f"SELECT * FROM {t} ORDER BY 1, 2") for t in sigsync.DERIVED_TABLES}
+
+
+def test_a_repeat_of_the_trades_own_update_withdraws_an_inferred_exit_as_rebuild_does(
+        db, clock):
+    """A repeat is the trade's own later update: like a new one, it shows the trade still open
+    and withdraws an exit inferred from an older price. Live and rebuild agree."""
+    own = dict(event_type="MFE_UPDATE", trade_id=BULL, symbol="MNQ1!", no_be_mfe=0.2,
+               mae_global_r=-0.1)
+    send(db, clock, **entry(BULL))
+    send(db, clock, **own)
+    clock.advance(30)
+    send(db, clock, event_type="MFE_UPDATE", trade_id="20251215_090000000_BEARISH",
+         symbol="MNQ1!", current_price=25630.0)      # past the stop, newer than `own`
+    sigsync.sync_once(db, now=clock.advance(10))
+    row = signal_row(db, BULL)
+    assert row["status"] == "EXITED" and prov(row, "exit_price") == ["inferred", 0.7]
+    clock.advance(20)
+    assert send(db, clock, **own).events[0]["duplicate"]     # the same update, again
+    row = signal_row(db, BULL)
+    assert row["status"] == "ACTIVE" and row["exit_price"] is None
+    assert row["last_update_at"] == sigsync.iso(clock.now())
+    assert any("inferred exit was wrong" in a["reason"] for a in audit(db, BULL))
+    sigsync.sync_once(db, now=clock.advance(10))     # the older price infers nothing now
+    live = derived(db)
+    assert signal_row(db, BULL)["status"] == "ACTIVE"
+    sigsync.rebuild(db, now=clock.now())
+    assert derived(db) == live
+
+
 def test_the_work_set_of_a_backlog_costs_one_query_per_symbol_and_direction(db, clock):
     """A backlog of alternating pending signals (an import, a restart after downtime) must not
     cost one scan of the pending signals per touched signal: that made a 10k backlog take a
