@@ -224,7 +224,7 @@
       box.textContent = "";
       return;
     }
-    box.textContent = [...errors.values()].join(" · ");
+    box.textContent = [...new Set(errors.values())].join(" · ");   // one 401 fails every source
     box.hidden = false;
   }
 

@@ -176,15 +176,17 @@ def browser():
 
 @pytest.fixture
 def open_page(browser):
-    """open_page(viewport=...) -> a page whose console errors and page errors fail the test."""
+    """open_page(viewport=..., expected=(...)) -> a page whose console errors and page errors
+    fail the test, except console messages containing one of `expected`."""
     contexts, problems = [], []
 
-    def make(width=1400, height=900):
+    def make(width=1400, height=900, expected=()):
         context = browser.new_context(viewport={"width": width, "height": height})
         contexts.append(context)
         page = context.new_page()
         page.on("console", lambda m: problems.append(f"console.{m.type}: {m.text}")
-                if m.type in ("error", "warning") else None)
+                if m.type in ("error", "warning") and not any(e in m.text for e in expected)
+                else None)
         page.on("pageerror", lambda e: problems.append(f"pageerror: {e}"))
         return page
 
@@ -407,9 +409,14 @@ def test_conflicting_values_are_shown_side_by_side(site, open_page):
 def test_read_token_from_the_page_url_is_sent_to_the_api(site, open_page):
     guarded = Server(site.db_path, "--read-token", "s3cret-read", "--sync-seconds", "3600").start()
     try:
-        status, _ = guarded.get("/api/automated-signals/all-signals")
+        status, refused = guarded.get("/api/automated-signals/all-signals")
         assert status == 401
-        page = open_page()
+        page = open_page(expected=("401 (Unauthorized)",))
+        page.goto(guarded.url + "/")                 # no token: every panel is refused
+        message = refused["error"]["message"]
+        expect(page.locator("#error")).to_contain_text(message)
+        page.wait_for_load_state("networkidle")
+        assert page.locator("#error").inner_text().count(message) == 1   # said once
         page.goto(guarded.url + "/?token=s3cret-read")
         expect(trade_ids(page)).to_have_text(newest_first(site))
         expect(page.locator("#health-score")).not_to_have_attribute("data-score", "")
