@@ -526,7 +526,8 @@
     const gaps = Object.entries(win.gaps_by_type || {})
       .sort((a, b) => (b[1].abnormal || 0) - (a[1].abnormal || 0) || a[0].localeCompare(b[0]));
     const gapRows = gaps.map(([gap, n]) => el("tr", { class: "static-row" },
-      el("td", { class: "mono" }, gap),
+      // a long name may break after an underscore, never inside a word
+      el("td", { class: "mono" }, ...gap.split("_").flatMap((part, i) => (i ? ["_", el("wbr"), part] : [part]))),
       el("td", { class: n.abnormal ? "num h-bad" : "num" }, String(n.abnormal || 0)),
       el("td", { class: "num" }, String(n.expected || 0))));
     if (!gapRows.length) gapRows.push(el("tr", null, el("td", { colspan: 3, class: "muted" }, "No open gaps")));

@@ -297,6 +297,11 @@ def test_dead_letters_tab_shows_each_refusal_and_its_reason(site, open_page):
     assert dead
     expect(page.locator("#dead-body tr td:nth-child(3)")).to_have_text([d["code"] for d in dead])
     expect(page.locator("#dead-body tr td:nth-child(4)").first).to_contain_text(dead[0]["message"])
+    # The signal filters and counts do not apply to dead letters: not shown there.
+    expect(page.locator("#filters")).to_be_hidden()
+    expect(page.locator("#summary")).to_be_hidden()
+    page.click("#tab-signals")
+    expect(page.locator("#filters")).to_be_visible()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,6 +440,10 @@ def test_health_panel_shows_the_score_of_the_api(site, open_page):
     expect(page.locator("#health-score")).not_to_have_attribute("data-score", "")
     _, health = site.get("/api/health")
     assert float(page.locator("#health-score").get_attribute("data-score")) == health["score"]
+    # The gaps table fits its narrow column: every header readable without scrolling.
+    expect(page.locator("#gaps-body tr").first).to_be_visible()
+    wrap = page.locator("#gaps-table").locator("xpath=..")
+    assert wrap.evaluate("w => w.scrollWidth <= w.clientWidth"), "the gaps table scrolls"
     window = health["windows"][health["score_window"]]
     for gap, n in window["gaps_by_type"].items():
         line = page.locator("#gaps-body tr", has_text=gap)
