@@ -386,7 +386,8 @@ GROUP_COMMIT_MAX = 64           # jobs in one group-commit transaction, at most
 MIGRATIONS = {
     # 0.3: two indexes the webhook paid for on every request and no query needed.
     1: "DROP INDEX IF EXISTS requests_received; DROP INDEX IF EXISTS events_type_received;",
-    # 0.5: repeats of trade events keep the trade alive (see schema.sql).
+    # 0.5: a repeated MFE update keeps its trade alive (see schema.sql; a frozen copy of its
+    # CREATE TABLE, as it was in that release).
     2: "CREATE TABLE event_repeats (event_id INTEGER NOT NULL REFERENCES events(event_id),"
        " request_id INTEGER NOT NULL REFERENCES requests(request_id),"
        " received_at TEXT NOT NULL, symbol_key TEXT, PRIMARY KEY (event_id, request_id))"
@@ -1068,11 +1069,13 @@ class AlreadyStored(Exception):
 
 
 def ingest(db, raw, *, now, peer=None, path="/api/automated-signals/webhook",
-           content_type=None, source="webhook", data=None, skip_known=False):
+           content_type=None, source="webhook", data=None, skip_known=None):
     """Validate and store one request durably; fold its events into the signals.
 
     Returns IngestResult once the transaction is committed (the caller may then answer 2xx).
-    Raises Rejected (not stored here: see reject()) or StorageUnavailable.
+    Raises Rejected (not stored here: see reject()) or StorageUnavailable. import's
+    skip_known ("events" or "request", see _already_known) raises AlreadyStored instead of
+    writing a line that is in the log already.
     """
     data = parse_body(raw) if data is None else data
     data = {k: v for k, v in data.items() if k != "secret"}
@@ -1092,7 +1095,7 @@ def ingest(db, raw, *, now, peer=None, path="/api/automated-signals/webhook",
             stored.append(_store_event(conn, request_id, received_at, payload, batch_index,
                                        canonical, dedup_key))
         if skip_known and _already_known(conn, stored, request_id, received_at, raw,
-                                         skip_known == "request"):
+                                         skip_known):
             raise AlreadyStored()               # rolls this job's writes back
         return IngestResult(request_id, event_type, stored)
 
@@ -1105,13 +1108,14 @@ _KNOWN_REQUEST_SQL = ("SELECT 1 FROM requests WHERE source IN ('webhook', 'impor
                       "'demo') AND received_at = ? AND raw_body = ? AND request_id <> ?")
 
 
-def _already_known(conn, stored, request_id, received_at, raw, same_request):
-    """Is this import line in the log already? With same_request (an exported request, its
-    arrival known), a line of duplicates is new unless this very request is stored: it was a
-    resend, and a resent MFE update is a repeat (event_repeats)."""
+def _already_known(conn, stored, request_id, received_at, raw, by):
+    """Is this import line in the log already? By "events" (a raw body, arriving now): when
+    all its events are. By "request" (an exported request, its arrival known): only when this
+    very request is, since a line of duplicates may be a resend, and a resent MFE update is a
+    repeat (event_repeats)."""
     if stored and not all(e["duplicate"] for e in stored):
         return False
-    if stored and not same_request:
+    if stored and by == "events":
         return True
     return bool(conn.execute(_KNOWN_REQUEST_SQL,
                              (received_at, mask_secret(raw), request_id)).fetchall())
@@ -2615,7 +2619,7 @@ def import_lines(db, lines, *, now, progress=None):
         if not line:
             continue
         counts["lines"] += 1
-        raw, received, meta, known = line.encode("utf-8"), now, {}, True
+        raw, received, meta, known = line.encode("utf-8"), now, {}, "events"
         try:
             data = json.loads(line)
         except ValueError:

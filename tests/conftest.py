@@ -215,6 +215,11 @@ def run_cli(tmp_path):
     return run
 
 
+def derived_tables(db):
+    """Every derived table's rows, in a fixed order: what rebuild must reproduce."""
+    return {t: db.query(f"SELECT * FROM {t} ORDER BY 1, 2") for t in sigsync.DERIVED_TABLES}
+
+
 def signal_row(db, trade_id):
     rows = db.query("SELECT * FROM signals WHERE trade_id = ?", (trade_id,))
     assert rows, f"no signal {trade_id}"

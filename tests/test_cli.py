@@ -3,12 +3,12 @@
 import json
 
 import sigsync
-from conftest import START, load_fixtures, open_database
+from conftest import START, derived_tables, load_fixtures, open_database
 
 
 def derived(db_path):
     with open_database(db_path) as db:
-        return {t: db.query(f"SELECT * FROM {t} ORDER BY 1, 2") for t in sigsync.DERIVED_TABLES}
+        return derived_tables(db)
 
 
 def test_rebuild_of_a_live_database_gives_identical_derived_tables(server, run_cli, tmp_path):

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 import sigsync
-from conftest import START
+from conftest import START, derived_tables
 
 T = "20251215_100000000_BULLISH"
 OTHER = "20251215_090000000_BEARISH"
@@ -150,10 +150,9 @@ def test_a_repeated_update_keeps_a_flat_trade_alive_and_rebuild_agrees(db, clock
                    "no_be_mfe": 0.5}
     assert db.query("SELECT last_received_at FROM symbol_activity") == [
         {"last_received_at": "2025-12-15T14:15:00.000Z"}]
-    live = {t: db.query(f"SELECT * FROM {t} ORDER BY 1, 2") for t in sigsync.DERIVED_TABLES}
+    live = derived_tables(db)
     sigsync.refold(db, now=clock.now())
-    assert {t: db.query(f"SELECT * FROM {t} ORDER BY 1, 2")
-            for t in sigsync.DERIVED_TABLES} == live
+    assert derived_tables(db) == live
 
 
 def test_a_repeat_is_market_activity_for_the_other_trades(db, clock):

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import sigsync
-from conftest import START
+from conftest import START, derived_tables
 
 # Fields compared across deliveries: all but bookkeeping. Arrival facts (received_at and the
 # like) are compared too: each body keeps its own arrival instant whatever the order.
@@ -120,11 +120,9 @@ def deliver_at(deliveries):
         try:
             for raw, at in deliveries:
                 sigsync.ingest(db, raw, now=at)
-            live = {t: db.query(f"SELECT * FROM {t} ORDER BY 1, 2")
-                    for t in sigsync.DERIVED_TABLES}
+            live = derived_tables(db)
             sigsync.refold(db, now=START)
-            rebuilt = {t: db.query(f"SELECT * FROM {t} ORDER BY 1, 2")
-                       for t in sigsync.DERIVED_TABLES}
+            rebuilt = derived_tables(db)
         finally:
             db.close()
     return [{c: row[c] for c in COMPARED} for row in live["signals"]], rebuilt == live
@@ -257,9 +255,9 @@ def test_rebuild_gives_the_same_derived_tables_as_live_ingestion(db, clock):
             pass
     now = START + dt.timedelta(hours=4)
     sigsync.sync_once(db, now=now)                           # what the loop does live
-    live = {t: db.query(f"SELECT * FROM {t} ORDER BY 1, 2") for t in sigsync.DERIVED_TABLES}
+    live = derived_tables(db)
     assert len(live["signals"]) > 10
     result = sigsync.rebuild(db, now=now)
-    rebuilt = {t: db.query(f"SELECT * FROM {t} ORDER BY 1, 2") for t in sigsync.DERIVED_TABLES}
+    rebuilt = derived_tables(db)
     assert rebuilt == live
     assert result["signals"] == len(live["signals"])

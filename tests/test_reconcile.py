@@ -6,7 +6,7 @@ import json
 import pytest
 
 import sigsync
-from conftest import START, signal_row
+from conftest import START, derived_tables, signal_row
 
 BULL = "20251215_100000000_BULLISH"       # 10:00 New York = 15:00Z
 BEAR = "20251215_100300000_BEARISH"       # 10:03
@@ -483,10 +483,6 @@ def test_a_price_older_than_the_trades_own_update_infers_nothing(db, clock):
     assert signal_row(db, BULL)["status"] == "ACTIVE"
 
 
-def derived(db):
-    return {t: db.query(f"SELECT * FROM {t} ORDER BY 1, 2") for t in sigsync.DERIVED_TABLES}
-
-
 def test_a_repeat_of_the_trades_own_update_withdraws_an_inferred_exit_as_rebuild_does(
         db, clock):
     """A repeat is the trade's own later update: like a new one, it shows the trade still open
@@ -508,10 +504,10 @@ def test_a_repeat_of_the_trades_own_update_withdraws_an_inferred_exit_as_rebuild
     assert row["last_update_at"] == sigsync.iso(clock.now())
     assert any("inferred exit was wrong" in a["reason"] for a in audit(db, BULL))
     sigsync.sync_once(db, now=clock.advance(10))     # the older price infers nothing now
-    live = derived(db)
+    live = derived_tables(db)
     assert signal_row(db, BULL)["status"] == "ACTIVE"
     sigsync.rebuild(db, now=clock.now())
-    assert derived(db) == live
+    assert derived_tables(db) == live
 
 
 def test_the_work_set_of_a_backlog_costs_one_query_per_symbol_and_direction(db, clock):
