@@ -90,7 +90,8 @@ SETTINGS = [
     Setting("insecure", False, bool, "allow a non-loopback bind without a secret/read token"),
     Setting("log_level", "INFO", str, "DEBUG, INFO, WARNING or ERROR"),
     Setting("display_tz", "America/New_York", str, "time zone for display (storage is UTC)"),
-    Setting("checkpoint_seconds", 5, int, "WAL checkpoint period of the running server"),
+    Setting("checkpoint_seconds", 5, int, "WAL checkpoint period of the running server (at a "
+            "quiet moment; a WAL past 64 MB is checkpointed at once)"),
     Setting("sync_seconds", 120, int, "period of the reconciliation loop"),
     Setting("stale_mfe_seconds", 600, int, "an open trade with no update for longer has a "
             "stale_mfe gap"),
@@ -380,6 +381,13 @@ VIEWS_MARKER = "-- @views"
 BUSY_TIMEOUT_MS = 1200          # with the writer lock wait below, a 503 comes within ~2.3 s
 WRITER_LOCK_SECONDS = 1.0       # also how long a job may wait in the group-commit queue
 GROUP_COMMIT_MAX = 64           # jobs in one group-commit transaction, at most
+# The server's checkpoints. A checkpoint holds the writer lock while it copies the WAL's pages
+# into the database and fsyncs it: 20-30 ms after 5 s of full load, a stall for every webhook
+# in flight (it set the burst's p99). So it waits for a quiet moment, and only a WAL past the
+# bound is checkpointed at once, busy or not (measured: tests/bench.py, README Performance).
+CHECKPOINT_TICK_SECONDS = 1     # how often the jobs thread asks "is a checkpoint due?"
+CHECKPOINT_QUIET_SECONDS = 0.25  # no commit for this long: a bar close's burst is over
+CHECKPOINT_MAX_FRAMES = 16384   # 64 MB of WAL at 4 KB pages: checkpoint even when busy
 
 # Numbered, append-only migrations: MIGRATIONS[n] takes user_version n to n + 1. Each runs in
 # one transaction with the version bump inside. A fresh database gets schema.sql directly.
@@ -422,10 +430,15 @@ class Database:
         self._jobs_mutex = threading.Lock()     # guards _jobs, _leading, _Job.state and .leads
         self._leading = False                   # a thread runs (or is about to run) a batch
         self.writer = _connect(path)
+        self.wal_frames = 0                     # pages in the WAL at the writer's last commit
+        self.last_commit = self.last_checkpoint = time.monotonic()
         if not autocheckpoint:
             # The server checkpoints from a background job instead (MEASURED.md: it keeps
-            # checkpoints off the request path, which is where most tail latency came from).
+            # checkpoints off the request path, which is where most tail latency came from),
+            # when checkpoint_due() says so; the hook tells it how big the WAL is and when the
+            # writer last committed.
             self.writer.execute("PRAGMA wal_autocheckpoint = 0")
+            self.writer.set_wal_hook(self._committed)
         self._local = threading.local()
         self._readers = []
         _migrate(self.writer)
@@ -537,9 +550,31 @@ class Database:
             return []
         return [dict(zip(names, row)) for row in cur]
 
+    def _committed(self, conn, name, pages):
+        """The writer's WAL hook, called after each of its commits (replaces autocheckpoint)."""
+        self.wal_frames, self.last_commit = pages, time.monotonic()
+        return apsw.SQLITE_OK
+
     def checkpoint(self):
+        """Copy the WAL into the database now (PASSIVE: readers are not waited for); returns
+        [(busy, frames in the WAL, frames checkpointed)]."""
         with self.lock:
-            return self.writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            result = self.writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            self.wal_frames = result[0][1] - result[0][2]       # before the next commit's
+            self.last_checkpoint = time.monotonic()
+        return result
+
+    def checkpoint_when_due(self, period, now=None):
+        """The server's checkpoint job: checkpoint if checkpoint_due() says so, else None."""
+        now = time.monotonic() if now is None else now
+        frames = self.wal_frames
+        if not checkpoint_due(frames, now - self.last_commit, now - self.last_checkpoint, period):
+            return None
+        started = time.monotonic()
+        result = self.checkpoint()
+        log.debug("what=checkpoint frames=%d copied=%d ms=%.1f", frames, result[0][2],
+                  (time.monotonic() - started) * 1e3)
+        return result
 
     def close(self):
         for conn in self._readers:
@@ -549,6 +584,17 @@ class Database:
                 pass
         with self.lock:
             self.writer.close()
+
+
+def checkpoint_due(frames, since_commit, since_checkpoint, period):
+    """Is a checkpoint due? Never for an empty WAL; at once for one of CHECKPOINT_MAX_FRAMES
+    or more; otherwise once `period` seconds have passed since the last one, at a moment when
+    the writer has not committed for CHECKPOINT_QUIET_SECONDS (so no webhook waits behind it)."""
+    if frames <= 0:
+        return False
+    if frames >= CHECKPOINT_MAX_FRAMES:
+        return True
+    return since_checkpoint >= period and since_commit >= CHECKPOINT_QUIET_SECONDS
 
 
 STORAGE_ERRORS = (apsw.BusyError, apsw.LockedError, apsw.IOError, apsw.FullError,
@@ -3425,7 +3471,9 @@ JOBS_STOP_SECONDS = 20      # how long a stop waits for a job in progress (a pas
 def make_scheduler(db, clock, config, stop=None):
     """The background jobs, on a fresh schedule.Scheduler."""
     sched = schedule.Scheduler()
-    sched.every(config.checkpoint_seconds).seconds.do(_guarded, "checkpoint", db.checkpoint)
+    sched.every(CHECKPOINT_TICK_SECONDS).seconds.do(_guarded, "checkpoint",
+                                                    db.checkpoint_when_due,
+                                                    config.checkpoint_seconds)
     sched.every(config.sync_seconds).seconds.do(_guarded, "sync", job_sync, db, clock, config,
                                                 stop)
     sched.every(WATCH_SECONDS).seconds.do(_guarded, "watch", job_watch, db, clock, {})

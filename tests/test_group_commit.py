@@ -1,11 +1,13 @@
 """Group commit (Database.transact): waiting writes share one transaction and one fsync, each in
-its own savepoint; an answer is given only after the commit that holds it.
+its own savepoint; an answer is given only after the commit that holds it. And the server's
+checkpoints, which wait for a quiet moment so that no webhook waits behind one.
 
 Batches are formed deterministically: the test holds the writer lock (as a sync pass would), so
 the jobs it starts queue up behind it; releasing the lock lets one leader run them all at once.
 """
 
 import json
+import shutil
 import threading
 import time
 
@@ -324,3 +326,91 @@ def test_every_2xx_from_a_real_server_under_concurrency_is_in_events(server, tmp
     for i, (_, answer) in answers.items():
         assert stored[answer["event_id"]]["no_be_mfe"] == json.loads(bodies[i])["no_be_mfe"]
     assert sum(answer["duplicate"] for _, answer in answers.values()) == 60
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints: at a quiet moment, or at once past the WAL bound
+
+@pytest.mark.parametrize("frames, since_commit, since_checkpoint, due", [
+    (0, 99, 99, False),                                  # nothing to copy
+    (1, 0.25, 5, True),                                  # quiet, period over: the boundaries
+    (1, 0.2499, 5, False),                               # a commit a moment ago: busy
+    (1, 99, 4.999, False),                               # quiet, but the period is not over
+    (sigsync.CHECKPOINT_MAX_FRAMES - 1, 0, 0, False),    # busy, under the bound: waits
+    (sigsync.CHECKPOINT_MAX_FRAMES, 0, 0, True),         # at the bound: at once, busy or not
+])
+def test_checkpoint_due(frames, since_commit, since_checkpoint, due):
+    assert sigsync.CHECKPOINT_QUIET_SECONDS == 0.25
+    assert sigsync.checkpoint_due(frames, since_commit, since_checkpoint, 5) is due
+
+
+def server_db(tmp_path, writes):
+    """A database opened as serve() opens it, with `writes` committed webhook-like jobs."""
+    db = sigsync.open_db(str(tmp_path / "ckpt.db"), autocheckpoint=False)
+    for i in range(writes):
+        db.transact(lambda conn, i=i: sigsync._bump(conn, f"test:{i}"))
+    return db
+
+
+def test_the_server_checkpoints_when_the_writer_is_quiet(tmp_path):
+    db = server_db(tmp_path, 20)
+    try:
+        frames, committed = db.wal_frames, db.last_commit
+        assert frames > 0                       # the WAL hook counts what each commit added
+        db.last_checkpoint = committed - 5
+        assert db.checkpoint_when_due(5, now=committed + 0.1) is None      # busy: waits
+        assert db.wal_frames == frames
+        db.last_checkpoint = committed - 4
+        assert db.checkpoint_when_due(5, now=committed + 0.5) is None      # period not over
+        assert db.checkpoint_when_due(5, now=committed + 1) == [(0, frames, frames)]
+        assert db.wal_frames == 0 and db.last_checkpoint > committed
+        assert db.checkpoint_when_due(5, now=committed + 99) is None       # nothing to copy
+        db.transact(lambda conn: sigsync._bump(conn, "after"))             # the WAL restarts
+        assert 0 < db.wal_frames < frames
+    finally:
+        db.close()
+
+
+def test_a_wal_past_the_bound_is_checkpointed_even_while_busy(tmp_path, monkeypatch):
+    db = server_db(tmp_path, 3)
+    try:
+        monkeypatch.setattr(sigsync, "CHECKPOINT_MAX_FRAMES", db.wal_frames + 1)
+        assert db.checkpoint_when_due(5, now=db.last_commit) is None
+        db.transact(lambda conn: sigsync._bump(conn, "one more"))
+        frames = db.wal_frames
+        assert frames >= sigsync.CHECKPOINT_MAX_FRAMES
+        assert db.checkpoint_when_due(5, now=db.last_commit) == [(0, frames, frames)]
+    finally:
+        db.close()
+
+
+def test_the_cli_keeps_sqlite_autocheckpoint(tmp_path):
+    db = sigsync.open_db(str(tmp_path / "cli.db"))
+    try:
+        db.transact(lambda conn: sigsync._bump(conn, "x"))
+        assert db.wal_frames == 0                        # no hook: SQLite checkpoints itself
+        assert db.writer.execute("PRAGMA wal_autocheckpoint").fetchall() == [(1000,)]
+    finally:
+        db.close()
+
+
+def test_a_quiet_server_has_its_events_in_the_database_file(server, tmp_path):
+    """Seen from outside: after a few webhooks and a quiet moment, the main database file
+    alone (without its WAL) holds them, so the server's checkpoint job ran."""
+    s = server("--checkpoint-seconds", "1", db_path=tmp_path / "quiet.db")
+    for i in range(5):
+        assert s.post(MFE.replace(b"0.8", b"0.8%d" % i))[0] == 200
+    copy = tmp_path / "main-file-only.db"
+
+    def checkpointed():
+        shutil.copyfile(s.db_path, copy)        # the main file, not -wal or -shm
+        try:
+            conn = apsw.Connection(str(copy))
+            try:
+                return conn.execute("SELECT count(*) FROM events").fetchall()[0][0] == 5
+            finally:
+                conn.close()
+        except apsw.Error:
+            return False                        # no table yet, or a copy taken mid-write
+
+    wait_until(checkpointed, "the events reach the database file")
