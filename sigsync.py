@@ -44,7 +44,7 @@ import apsw
 import bottle
 import schedule
 
-__version__ = "0.5.0"
+__version__ = "0.5.1"
 HERE = os.path.dirname(os.path.abspath(__file__))
 log = logging.getLogger("sigsync")
 
@@ -90,8 +90,8 @@ SETTINGS = [
     Setting("insecure", False, bool, "allow a non-loopback bind without a secret/read token"),
     Setting("log_level", "INFO", str, "DEBUG, INFO, WARNING or ERROR"),
     Setting("display_tz", "America/New_York", str, "time zone for display (storage is UTC)"),
-    Setting("checkpoint_seconds", 5, int, "WAL checkpoint period of the running server (at a "
-            "quiet moment; a WAL past 64 MB is checkpointed at once)"),
+    Setting("checkpoint_seconds", 5, int, "least time between two WAL checkpoints of the "
+            "running server (each waits for a quiet moment; see Durability and locking)"),
     Setting("sync_seconds", 120, int, "period of the reconciliation loop"),
     Setting("stale_mfe_seconds", 600, int, "an open trade with no update for longer has a "
             "stale_mfe gap"),
@@ -430,7 +430,8 @@ class Database:
         self._jobs_mutex = threading.Lock()     # guards _jobs, _leading, _Job.state and .leads
         self._leading = False                   # a thread runs (or is about to run) a batch
         self.writer = _connect(path)
-        self.wal_frames = 0                     # pages in the WAL at the writer's last commit
+        self.wal_frames = 0                     # frames in the WAL at the writer's last commit
+        self.wal_copied = 0                     # of those, copied by the last checkpoint
         self.last_commit = self.last_checkpoint = time.monotonic()
         if not autocheckpoint:
             # The server checkpoints from a background job instead (MEASURED.md: it keeps
@@ -551,23 +552,36 @@ class Database:
         return [dict(zip(names, row)) for row in cur]
 
     def _committed(self, conn, name, pages):
-        """The writer's WAL hook, called after each of its commits (replaces autocheckpoint)."""
+        """The writer's WAL hook, called after each of its commits (replaces autocheckpoint)
+        with the number of frames in the WAL. Fewer than before: the WAL restarted from its
+        beginning, so nothing in it is copied yet. (A restart that writes more frames than the
+        old WAL held goes unseen until the next checkpoint: an undercount of a few frames.)"""
+        if pages < self.wal_frames:
+            self.wal_copied = 0
         self.wal_frames, self.last_commit = pages, time.monotonic()
         return apsw.SQLITE_OK
 
+    @property
+    def wal_pending(self):
+        """Frames in the WAL not yet copied into the database (as of the last commit)."""
+        return self.wal_frames - self.wal_copied
+
     def checkpoint(self):
         """Copy the WAL into the database now (PASSIVE: readers are not waited for); returns
-        [(busy, frames in the WAL, frames checkpointed)]."""
+        [(busy, frames in the WAL, frames copied)], or [(1, -1, -1)] when it could not run
+        (another connection was checkpointing): then it is tried again at the next tick."""
         with self.lock:
             result = self.writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            self.wal_frames = result[0][1] - result[0][2]       # before the next commit's
-            self.last_checkpoint = time.monotonic()
+            busy, frames, copied = result[0]
+            if frames >= 0:                         # under the lock: before the next commit
+                self.wal_frames, self.wal_copied = frames, copied
+                self.last_checkpoint = time.monotonic()
         return result
 
     def checkpoint_when_due(self, period, now=None):
         """The server's checkpoint job: checkpoint if checkpoint_due() says so, else None."""
         now = time.monotonic() if now is None else now
-        frames = self.wal_frames
+        frames = self.wal_pending
         if not checkpoint_due(frames, now - self.last_commit, now - self.last_checkpoint, period):
             return None
         started = time.monotonic()
@@ -587,14 +601,18 @@ class Database:
 
 
 def checkpoint_due(frames, since_commit, since_checkpoint, period):
-    """Is a checkpoint due? Never for an empty WAL; at once for one of CHECKPOINT_MAX_FRAMES
-    or more; otherwise once `period` seconds have passed since the last one, at a moment when
-    the writer has not committed for CHECKPOINT_QUIET_SECONDS (so no webhook waits behind it)."""
+    """Is a checkpoint of a WAL holding `frames` not yet copied due? Never when there are none;
+    at once for CHECKPOINT_MAX_FRAMES or more; otherwise once `period` seconds have passed since
+    the last one, at a moment when the writer has not committed for CHECKPOINT_QUIET_SECONDS
+    (so no webhook waits behind it), or after waiting another period for one in vain (a steady
+    trickle of webhooks has no quiet moment, and a trickle's WAL is small)."""
     if frames <= 0:
         return False
     if frames >= CHECKPOINT_MAX_FRAMES:
         return True
-    return since_checkpoint >= period and since_commit >= CHECKPOINT_QUIET_SECONDS
+    if since_checkpoint < period:
+        return False
+    return since_commit >= CHECKPOINT_QUIET_SECONDS or since_checkpoint >= 2 * period
 
 
 STORAGE_ERRORS = (apsw.BusyError, apsw.LockedError, apsw.IOError, apsw.FullError,

@@ -21,9 +21,11 @@ the same open_db(autocheckpoint=False) and the same periodic WAL checkpoint job)
 
 at concurrency 1, 8 and 32 (closed loop: each connection sends its next request as soon as the
 previous answer is complete; keep-alive), interleaved route by route, medians over repetitions.
-Then a burst of 1,000 distinct events at concurrency 32, checked afterwards in the `events`
-table, and "server choice": the same webhook load and a stalled-client check under waitress and
-under the stdlib wsgiref + ThreadingMixIn, each in its own process. Last, in-process and
+Then bursts of 1,000 distinct events at concurrency 32 (3; 1 with --quick), each after 2 s
+without a request, as a bar close's alerts come after a quiet spell, all checked afterwards in
+the `events` table; the median p99 is held against the target. Then "server choice": the
+same webhook load and a stalled-client check under waitress and under the stdlib wsgiref +
+ThreadingMixIn, each in its own process. Last, in-process and
 without HTTP, one webhook transaction (sigsync.ingest) against one raw insert: time, and the
 pages each writes to the WAL by b-tree (what COMMIT must fsync), to show where the gap is; then
 the same webhooks from 4 threads at once, to show what group commit shares (events per
@@ -79,6 +81,7 @@ ROUTES = {"webhook": "/api/automated-signals/webhook", "reference": "/bench/refe
           "bare": "/bench/bare"}
 CONCURRENCY = (1, 8, 32)
 SEQ_BLOCK = 5_000_000      # distinct sequence numbers reserved per measurement
+BURST_IDLE_SECONDS = 2.0   # quiet before each burst, as before a bar close's alerts
 
 
 # ============================================================================================
@@ -740,16 +743,26 @@ def run(args):
                          f"req/s, python {check[route]['python']['rps']:.0f} req/s")
             results["client_check"] = check
 
-        # ---- 3. burst: 1,000 distinct events at c=32, then checked in the database ---------
-        burst_pool = trade_pool("2025-12-16", 100)
-        items = [(i, entry_body(t)) for i, t in enumerate(burst_pool)]
-        items += [(len(items) + j, mfe_body(burst_pool, runner.next_seq() + j))
-                  for j in range(args.burst - len(items))]
-        r = python_load(server.port, ROUTES["webhook"], 32, items=items, warmup=0,
-                        server_pid=server.pid)
+        # ---- 3. bursts: 1,000 distinct events at c=32 each, then checked in the database --
+        # A bar close's burst comes after a quiet spell (the alerts of one bar), so each burst
+        # starts from an idle server; a burst's p99 swings with the machine, hence several.
+        bursts = []
+        for k in range(args.burst_reps):
+            day = f"2025-12-{16 + k:02d}"
+            burst_pool = trade_pool(day, 100)
+            items = [(i, entry_body(t)) for i, t in enumerate(burst_pool)]
+            items += [(len(items) + j, mfe_body(burst_pool, runner.next_seq() + j))
+                      for j in range(args.burst - len(items))]
+            time.sleep(BURST_IDLE_SECONDS)
+            r = python_load(server.port, ROUTES["webhook"], 32, items=items, warmup=0,
+                            server_pid=server.pid)
+            bursts.append((day, items, r))
+            progress(f"burst {k + 1}/{args.burst_reps}: p50 {r['p50_ms']:.1f} ms, "
+                     f"p99 {r['p99_ms']:.1f} ms, {r['statuses']}")
         rc = server.stop()
-        results["burst"] = verify_burst(r, items, server.db_path, rc)
-        progress(f"burst: {results['burst']}")
+        results["bursts"] = [verify_burst(r, items, server.db_path, rc, day)
+                             for day, items, r in bursts]
+        progress(f"bursts: {results['bursts']}")
 
         # ---- 4. server choice: waitress vs wsgiref + ThreadingMixIn, each on its own -------
         choice = {}
@@ -793,8 +806,9 @@ def run(args):
     return results
 
 
-def verify_burst(r, items, db_path, rc):
-    """Every 2xx of the burst names an event_id that holds exactly what was sent."""
+def verify_burst(r, items, db_path, rc, day):
+    """Every 2xx of the burst names an event_id that holds exactly what was sent (its trades
+    are those of `day`, YYYY-MM-DD)."""
     sent = dict(items)
     answers = {}
     for index, status, body, _ in r["results"]:
@@ -819,8 +833,8 @@ def verify_burst(r, items, db_path, rc):
                     or payload.get("event_timestamp") != sigsync.iso(sigsync.parse_time(
                         expected["event_timestamp"], "event_timestamp")[0])):
                 mismatched.append(index)
-        stored = conn.execute("SELECT count(*) FROM events WHERE trade_id LIKE '20251216_%'"
-                              ).fetchall()[0][0]
+        stored = conn.execute("SELECT count(*) FROM events WHERE trade_id LIKE ?",
+                              (day.replace("-", "") + "_%",)).fetchall()[0][0]
     finally:
         conn.close()
     return {"sent": len(items), "ok_2xx": len(answers), "statuses": r["statuses"],
@@ -1028,17 +1042,28 @@ def report(results):
               f"{py['p50_ms']:.2f} ms, p99 {py['p99_ms']:.2f} ms; client CPU "
               f"{x['python_client_cpu_us_per_req']:.0f} us/req)"
               + (f" WARNING {odd}" if odd else ""))
-    b = results.get("burst")
-    if b:
+    bs = results.get("bursts")
+    if bs:
         w("")
-        target = "met" if b["p99_ms"] < 50 else "NOT MET"
-        w(f"Burst: {b['sent']:,} distinct webhook events at concurrency 32 "
-          f"({b['seconds']:.2f} s): p50 {b['p50_ms']:.1f} ms, p99 {b['p99_ms']:.1f} ms "
-          f"(target < 50 ms: {target}), max {b['max_ms']:.1f} ms; {b['ok_2xx']:,} answered 2xx "
-          f"(statuses {b['statuses']}{', errors ' + str(b['errors']) if b['errors'] else ''}); "
-          f"after stopping the server, {b['verified_in_events']:,} of {b['ok_2xx']:,} were found "
-          f"in `events` by event_id with the content sent ({b['missing']} missing, "
-          f"{b['mismatched']} different, {b['duplicates']} answered as duplicates).")
+        p99 = median([b["p99_ms"] for b in bs])
+        target = "met" if p99 < 50 else "NOT MET"
+        statuses = collections.Counter()
+        for b in bs:
+            statuses.update(b["statuses"])
+        errors = [b["errors"] for b in bs if b["errors"]]
+        each_p99 = ", ".join(f"{b['p99_ms']:.1f}" for b in bs)
+        each_s = ", ".join(f"{b['seconds']:.2f}" for b in bs)
+        w(f"Bursts: {len(bs)} x {bs[0]['sent']:,} distinct webhook events at concurrency 32, "
+          f"each from an idle server ({BURST_IDLE_SECONDS:g} s without a request first): "
+          f"p99 per burst {each_p99} ms, median p99 {p99:.1f} ms (target < 50 ms: {target}); "
+          f"median p50 {median([b['p50_ms'] for b in bs]):.1f} ms, slowest answer "
+          f"{max(b['max_ms'] for b in bs):.1f} ms; the bursts took {each_s} s. "
+          f"{sum(b['ok_2xx'] for b in bs):,} of {sum(b['sent'] for b in bs):,} answered 2xx "
+          f"(statuses {dict(statuses)}{', errors ' + str(errors) if errors else ''}); after "
+          f"stopping the server, {sum(b['verified_in_events'] for b in bs):,} of them were found "
+          f"in `events` by event_id with the content sent ({sum(b['missing'] for b in bs)} "
+          f"missing, {sum(b['mismatched'] for b in bs)} different, "
+          f"{sum(b['duplicates'] for b in bs)} answered as duplicates).")
     wa = results.get("write_amplification")
     if wa:
         a, r = wa["webhook"], wa["reference"]
@@ -1112,6 +1137,7 @@ def main(argv=None):
     args.choice_reps = 1 if args.quick else 3
     args.check_reps = 1 if args.quick else 2
     args.burst = 1000
+    args.burst_reps = 1 if args.quick else 3
     if args.client == "wrk" and not shutil.which("wrk"):
         parser.error("wrk is not installed (Debian: apt-get install wrk)")
     results = {}

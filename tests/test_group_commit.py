@@ -336,6 +336,8 @@ def test_every_2xx_from_a_real_server_under_concurrency_is_in_events(server, tmp
     (1, 0.25, 5, True),                                  # quiet, period over: the boundaries
     (1, 0.2499, 5, False),                               # a commit a moment ago: busy
     (1, 99, 4.999, False),                               # quiet, but the period is not over
+    (1, 0, 9.999, False),                                # busy: waits another period...
+    (1, 0, 10, True),                                    # ...and no longer (a steady trickle)
     (sigsync.CHECKPOINT_MAX_FRAMES - 1, 0, 0, False),    # busy, under the bound: waits
     (sigsync.CHECKPOINT_MAX_FRAMES, 0, 0, True),         # at the bound: at once, busy or not
 ])
@@ -356,17 +358,17 @@ def test_the_server_checkpoints_when_the_writer_is_quiet(tmp_path):
     db = server_db(tmp_path, 20)
     try:
         frames, committed = db.wal_frames, db.last_commit
-        assert frames > 0                       # the WAL hook counts what each commit added
+        assert frames > 0 and db.wal_pending == frames      # the WAL hook counts the frames
         db.last_checkpoint = committed - 5
         assert db.checkpoint_when_due(5, now=committed + 0.1) is None      # busy: waits
-        assert db.wal_frames == frames
+        assert db.wal_pending == frames
         db.last_checkpoint = committed - 4
         assert db.checkpoint_when_due(5, now=committed + 0.5) is None      # period not over
         assert db.checkpoint_when_due(5, now=committed + 1) == [(0, frames, frames)]
-        assert db.wal_frames == 0 and db.last_checkpoint > committed
+        assert db.wal_pending == 0 and db.last_checkpoint > committed
         assert db.checkpoint_when_due(5, now=committed + 99) is None       # nothing to copy
         db.transact(lambda conn: sigsync._bump(conn, "after"))             # the WAL restarts
-        assert 0 < db.wal_frames < frames
+        assert 0 < db.wal_pending == db.wal_frames < frames
     finally:
         db.close()
 
@@ -374,21 +376,85 @@ def test_the_server_checkpoints_when_the_writer_is_quiet(tmp_path):
 def test_a_wal_past_the_bound_is_checkpointed_even_while_busy(tmp_path, monkeypatch):
     db = server_db(tmp_path, 3)
     try:
-        monkeypatch.setattr(sigsync, "CHECKPOINT_MAX_FRAMES", db.wal_frames + 1)
+        monkeypatch.setattr(sigsync, "CHECKPOINT_MAX_FRAMES", db.wal_pending + 1)
         assert db.checkpoint_when_due(5, now=db.last_commit) is None
         db.transact(lambda conn: sigsync._bump(conn, "one more"))
-        frames = db.wal_frames
+        frames = db.wal_pending
         assert frames >= sigsync.CHECKPOINT_MAX_FRAMES
         assert db.checkpoint_when_due(5, now=db.last_commit) == [(0, frames, frames)]
     finally:
         db.close()
 
 
+def test_frames_copied_already_do_not_count_when_the_wal_cannot_restart(tmp_path):
+    """A reader inside the WAL at the next write keeps it from restarting: the frames the
+    checkpoint copied stay in the file, and only the new ones are pending."""
+    db = server_db(tmp_path, 10)
+    reader = sigsync._connect(db.path)
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM counters").fetchall()      # a snapshot, held
+        (_, frames, copied), = db.checkpoint()
+        assert frames == copied > 0 and db.wal_pending == 0
+        db.transact(lambda conn: sigsync._bump(conn, "while read"))
+        assert db.wal_frames > frames                                   # no restart
+        assert 0 < db.wal_pending == db.wal_frames - frames
+        reader.execute("COMMIT")
+        db.checkpoint()
+        db.transact(lambda conn: sigsync._bump(conn, "after"))         # the WAL restarts
+        assert db.wal_frames < frames and db.wal_pending == db.wal_frames
+    finally:
+        reader.close()
+        db.close()
+
+
+def test_a_checkpoint_that_cannot_run_is_tried_again(tmp_path):
+    """Another connection checkpointing (a CLI command's autocheckpoint, say) holds the
+    checkpoint lock: PASSIVE gives up at once, and nothing is taken as copied."""
+    db = server_db(tmp_path, 10)
+    reader = sigsync._connect(db.path)
+    other = apsw.Connection(db.path)
+    waiting, release = threading.Event(), threading.Event()
+
+    def held(tries):                # the other checkpoint waits for the reader, lock held
+        waiting.set()
+        release.wait(20)
+        return False
+
+    try:
+        reader.execute("BEGIN")
+        reader.execute("SELECT count(*) FROM counters").fetchall()
+        db.transact(lambda conn: sigsync._bump(conn, "past the reader"))
+        other.set_busy_handler(held)
+        full = Call(lambda: other.execute("PRAGMA wal_checkpoint(FULL)").fetchall())
+        wait_until(waiting.is_set, "the other connection holds the checkpoint lock")
+        pending, last = db.wal_pending, db.last_checkpoint
+        assert db.checkpoint_when_due(5, now=db.last_commit + 99) == [(1, -1, -1)]
+        assert db.wal_pending == pending > 0 and db.last_checkpoint == last
+        release.set()
+        full.outcome()
+        reader.execute("COMMIT")
+        assert db.checkpoint_when_due(5, now=db.last_commit + 99)[0][0] == 0
+    finally:
+        release.set()
+        other.close()
+        reader.close()
+        db.close()
+
+
+def test_the_scheduler_asks_every_second_with_the_configured_period(db, clock, tmp_path):
+    config = sigsync.Config(db=db.path, checkpoint_seconds=7)
+    jobs = [j for j in sigsync.make_scheduler(db, clock, config).get_jobs()
+            if j.job_func.args[0] == "checkpoint"]
+    assert [(j.interval, j.unit, j.job_func.args[1:]) for j in jobs] == [
+        (sigsync.CHECKPOINT_TICK_SECONDS, "seconds", (db.checkpoint_when_due, 7))]
+
+
 def test_the_cli_keeps_sqlite_autocheckpoint(tmp_path):
     db = sigsync.open_db(str(tmp_path / "cli.db"))
     try:
         db.transact(lambda conn: sigsync._bump(conn, "x"))
-        assert db.wal_frames == 0                        # no hook: SQLite checkpoints itself
+        assert db.wal_pending == 0                       # no hook: SQLite checkpoints itself
         assert db.writer.execute("PRAGMA wal_autocheckpoint").fetchall() == [(1000,)]
     finally:
         db.close()
