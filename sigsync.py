@@ -572,7 +572,7 @@ class Database:
         (another connection was checkpointing): then it is tried again at the next tick."""
         with self.lock:
             result = self.writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            busy, frames, copied = result[0]
+            _, frames, copied = result[0]
             if frames >= 0:                         # under the lock: before the next commit
                 self.wal_frames, self.wal_copied = frames, copied
                 self.last_checkpoint = time.monotonic()

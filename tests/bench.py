@@ -25,11 +25,11 @@ Then bursts of 1,000 distinct events at concurrency 32 (3; 1 with --quick), each
 without a request, as a bar close's alerts come after a quiet spell, all checked afterwards in
 the `events` table; the median p99 is held against the target. Then "server choice": the
 same webhook load and a stalled-client check under waitress and under the stdlib wsgiref +
-ThreadingMixIn, each in its own process. Last, in-process and
-without HTTP, one webhook transaction (sigsync.ingest) against one raw insert: time, and the
-pages each writes to the WAL by b-tree (what COMMIT must fsync), to show where the gap is; then
-the same webhooks from 4 threads at once, to show what group commit shares (events per
-transaction, counted from the WAL's commit frames).
+ThreadingMixIn, each in its own process. Last, in-process and without HTTP, one webhook
+transaction (sigsync.ingest) against one raw insert: time, and the pages each writes to the
+WAL by b-tree (what COMMIT must fsync), to show where the gap is; then the same webhooks from
+4 threads at once, to show what group commit shares (events per transaction, counted from the
+WAL's commit frames).
 
 Webhook bodies are distinct (a duplicate takes a cheaper path): ENTRY events for a pool of 200
 trade_ids (YYYYMMDD_HHMMSSmmm_BULLISH|BEARISH), sent before measuring, then MFE_UPDATE events of

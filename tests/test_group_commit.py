@@ -442,7 +442,7 @@ def test_a_checkpoint_that_cannot_run_is_tried_again(tmp_path):
         db.close()
 
 
-def test_the_scheduler_asks_every_second_with_the_configured_period(db, clock, tmp_path):
+def test_the_scheduler_asks_every_second_with_the_configured_period(db, clock):
     config = sigsync.Config(db=db.path, checkpoint_seconds=7)
     jobs = [j for j in sigsync.make_scheduler(db, clock, config).get_jobs()
             if j.job_func.args[0] == "checkpoint"]
