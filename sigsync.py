@@ -845,8 +845,10 @@ UTC_TIME_FIELDS = {"time"}      # a BAR's open: "UTC ISO or epoch ms" (SPEC §1.
 TARGET_FIELDS = ("tp1_price", "tp2_price", "tp3_price")
 DIRECTIONS = {"BULLISH": "Bullish", "LONG": "Bullish", "BEARISH": "Bearish", "SHORT": "Bearish"}
 _PLACEHOLDER = re.compile(r"\{\{.*?\}\}")
+# The key may be spelled with JSON escapes ("\u0073ecret" is "secret" once parsed).
+_SECRET_KEY = b"".join(rb"(?:%s|\\u%04x)" % (bytes([c]), c) for c in b"secret")
 _SECRET_IN_BODY = re.compile(
-    rb'("secret"\s*:\s*)(?:"(?:[^"\\]|\\.)*"|[-+0-9.eE]+|true|false|null)')
+    rb'("' + _SECRET_KEY + rb'"\s*:\s*)(?:"(?:[^"\\]|\\.)*"|[-+0-9.eE]+|true|false|null)')
 
 
 class _BadConstant:
@@ -882,6 +884,9 @@ def parse_body(raw):
                        "invalid_json")
     except RecursionError:
         raise Rejected("the body nests too deeply", "invalid_json")
+    except ValueError:           # an integer of more digits than Python converts (4,300)
+        raise Rejected("the body is not usable JSON: a number has too many digits",
+                       "invalid_json")
     if not isinstance(data, dict):
         raise Rejected(f"the body must be a JSON object, got a JSON {type(data).__name__}",
                        "not_an_object")
@@ -893,6 +898,8 @@ def _check_values(value, path):
     if isinstance(value, _BadConstant):
         raise Rejected(f"{path}: {value.text} is not a valid value", "invalid_field")
     if isinstance(value, float) and not math.isfinite(value):
+        raise Rejected(f"{path}: the number is out of range", "invalid_field")
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _LARGEST_INT:
         raise Rejected(f"{path}: the number is out of range", "invalid_field")
     if isinstance(value, str) and not _encodable(value):
         raise Rejected(f"{path}: the text holds an invalid Unicode escape", "invalid_field")
@@ -908,6 +915,9 @@ def _check_values(value, path):
     elif isinstance(value, list):
         for i, v in enumerate(value):
             _check_values(v, f"{path}[{i}]")
+
+
+_LARGEST_INT = int(sys.float_info.max)     # a larger integer has no float (nor SQLite REAL)
 
 
 def _encodable(text):
@@ -1040,7 +1050,9 @@ def normalise(data):
     into one MFE_UPDATE payload per element).
     """
     if "event_type" not in data and isinstance(data.get("attributes"), dict):
-        data = data["attributes"]              # the {"attributes": {...}} wrapper
+        # the {"attributes": {...}} wrapper: what lies beside it is checked too, not stored
+        _check_values({k: v for k, v in data.items() if k != "attributes"}, "body")
+        data = data["attributes"]
     _check_values(data, "body")
     raw_type = data.get("event_type")
     if raw_type is None:
@@ -1142,10 +1154,7 @@ def ingest(db, raw, *, now, peer=None, path="/api/automated-signals/webhook",
     writing a line that is in the log already.
     """
     data = parse_body(raw) if data is None else data
-    data = {k: v for k, v in data.items() if k != "secret"}
-    if isinstance(data.get("attributes"), dict):
-        data["attributes"] = {k: v for k, v in data["attributes"].items() if k != "secret"}
-    event_type, payloads = normalise(data)
+    event_type, payloads = normalise(_without_secret(data))
     received_at = iso(now)
     masked = mask_secret(raw)
     # Everything that needs no database is done here, outside the writer's critical section.
@@ -1183,6 +1192,18 @@ def _already_known(conn, stored, request_id, received_at, raw, by):
         return True
     return bool(conn.execute(_KNOWN_REQUEST_SQL,
                              (received_at, mask_secret(raw), request_id)).fetchall())
+
+
+def _without_secret(data):
+    """The body without "secret" fields, where normalise would take them into an event: the
+    top level, the attributes wrapper and a batch's elements."""
+    data = {k: v for k, v in data.items() if k != "secret"}
+    if isinstance(data.get("attributes"), dict):
+        data["attributes"] = _without_secret(data["attributes"])
+    if isinstance(data.get("signals"), list):
+        data["signals"] = [{k: v for k, v in e.items() if k != "secret"}
+                           if isinstance(e, dict) else e for e in data["signals"]]
+    return data
 
 
 def _insert_request(conn, received_at, peer, path, content_type, raw, source):
@@ -1429,7 +1450,10 @@ def _bar_close(bar):
         minutes = int(bar.get("timeframe") or 0)
     except ValueError:          # "D", "W", "1S"...: the open is what is known for sure
         minutes = 0
-    return iso(from_iso(bar["time"]) + dt.timedelta(minutes=max(minutes, 0)))
+    try:
+        return iso(from_iso(bar["time"]) + dt.timedelta(minutes=max(minutes, 0)))
+    except OverflowError:       # a timeframe of more minutes than a date can add: unknown
+        return bar["time"]
 
 
 def derive_event(conn, event, cache=None):
@@ -1585,6 +1609,11 @@ def fold(row, event):
         if row["be_triggered_at"] is None or received < row["be_triggered_at"]:
             row["be_triggered_at"] = received
             row["provenance"]["be_triggered_at"] = [src, 1.0]
+    if etype in EXIT_TYPES and fs.get("inferred_exit"):
+        # The indicator's own exit supersedes the inferred one, all of it: rebuilt from the
+        # log, the row would never have held the inference.
+        del fs["inferred_exit"]
+        retract(row, EXIT_FIELDS, "the indicator's own exit supersedes the inferred exit")
     if etype == "EXIT_BE":
         _earliest(row, "exit_be_at", received, src)
         offer(row, "be_exit_price", p.get("exit_price"), src, 1.0)
@@ -1631,9 +1660,21 @@ def _fold_signal_time(row, p, etype, src):
 
 
 def _earliest(row, field, value, source):
-    if row[field] is None or value < row[field]:
+    """The earliest received time; a received time replaces an estimate whatever its order."""
+    prov = row["provenance"].get(field)
+    estimated = prov is not None and prov[1] < 1.0 and row[field] is not None
+    if row[field] is None or estimated or value < row[field]:
+        if estimated and value != row[field]:
+            _queue_audit(row, field, row[field], value, source, 1.0, "ingest",
+                         f"a received value supersedes the {prov[0]} estimate")
         row[field] = value
         row["provenance"][field] = [source, 1.0]
+        row["fold_state"]["ranks"][field] = [1.0, 0]     # no estimate may replace it
+
+
+def _received(row, field):
+    prov = row["provenance"].get(field)
+    return prov is not None and prov[1] >= 1.0
 
 
 def _check_stop_side(row):
@@ -1734,8 +1775,6 @@ def _derive_status(row):
         del fs["inferred_cancel"]
         retract(row, CANCEL_FIELDS, "evidence of an entry arrived: the inferred cancellation "
                                     "was wrong")
-    if fs.get("inferred_exit") and types & EXIT_TYPES:
-        del fs["inferred_exit"]           # the real exit's values have superseded the estimate
     if types & EXIT_TYPES or fs.get("inferred_exit"):
         status = "EXITED"
     elif types & ENTRY_EVIDENCE:
@@ -1759,10 +1798,13 @@ def _derive_status(row):
         row["be_state"] = "TRIGGERED"      # the indicator's rule: BE arms at +1R
     else:
         row["be_state"] = "NONE"
-    # Judged on the values the row holds now, whatever order they came in: a later, better
-    # confirmation_time that ends the contradiction ends the conflict too.
-    if row["exit_sl_at"] and row["confirmation_time"] and row["exit_sl_at"] < row[
-            "confirmation_time"]:
+    # Judged on the received values the row holds now, whatever order they came in: a later,
+    # better confirmation_time that ends the contradiction ends the conflict too. Estimates
+    # prove nothing here (the pass's confirmation_time is an upper bound, an inferred exit
+    # time a price sample's arrival).
+    if row["exit_sl_at"] and row["confirmation_time"] and _received(row, "exit_sl_at") \
+            and _received(row, "confirmation_time") \
+            and row["exit_sl_at"] < row["confirmation_time"]:
         row["conflicts"]["exit_before_entry"] = {"exit_sl_at": row["exit_sl_at"],
                                                  "confirmation_time": row["confirmation_time"]}
     else:
@@ -1991,8 +2033,8 @@ def estimate(row, field, value, source, confidence, tier, reason, evidence=None,
     `update` lets an estimate replace an estimate of the same standing (a running maximum
     computed from newer evidence); it never beats a received value.
     """
-    if value is None:
-        return False
+    if value is None or not _finite(value):
+        return False                # absurd prices can overflow: no number, no estimate
     old, prov = row[field], row["provenance"].get(field)
     if old == value and prov == [source, confidence]:
         return False                                    # nothing new: write nothing
@@ -2005,6 +2047,14 @@ def estimate(row, field, value, source, confidence, tier, reason, evidence=None,
     row["provenance"][field] = [source, confidence]
     row["fold_state"]["ranks"][field] = [confidence, 0]
     _queue_audit(row, field, old, value, source, confidence, tier, reason, evidence)
+    return True
+
+
+def _finite(value):
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
     return True
 
 

@@ -110,6 +110,21 @@ CASES = [
     ("overflowing-number-unknown-field",
      b'{"event_type": "HEARTBEAT", "signal_count": 1e999}', 400, "invalid_field",
      "signal_count", "application/json"),
+    # integers past a float's range: a 500 here would make TradingView resend in vain
+    ("integer-past-float-range", j(event_type="MFE_UPDATE", trade_id=GOOD_ID,
+                                   no_be_mfe=10 ** 400), 400, "invalid_field", "no_be_mfe",
+     "application/json"),
+    ("integer-past-float-range-as-time", j(event_type="MFE_UPDATE", trade_id=GOOD_ID,
+                                           timestamp=-10 ** 400), 400, "invalid_field",
+     "timestamp", "application/json"),
+    ("integer-of-5000-digits", b'{"event_type": "HEARTBEAT", "x": ' + b"7" * 5000 + b"}", 400,
+     "invalid_json", "digits", "text/plain"),
+    ("NaN-beside-the-attributes-wrapper",
+     b'{"message": "x", "x": NaN, "attributes": ' + entry() + b"}", 400, "invalid_field",
+     "body.x", "application/json"),
+    ("placeholder-beside-the-attributes-wrapper",
+     j(message="{{strategy.order.alert_message}}", attributes=json.loads(entry())), 400,
+     "invalid_field", "message", "application/json"),
     ("placeholder-top-level", bar(close="{{close}}"), 400, "invalid_field", "close",
      "application/json"),
     ("placeholder-in-text-field", bar(symbol="{{ticker}}"), 400, "invalid_field", "symbol",
@@ -374,6 +389,41 @@ def test_right_body_secret_is_accepted_and_never_stored(secured):
     event = db.query("SELECT payload FROM events WHERE event_id = ?", (answer["event_id"],))[0]
     assert "secret" not in json.loads(event["payload"])
     assert b"s3cret" not in bytes(stored["raw_body"])
+
+
+def test_a_secret_spelled_with_json_escapes_is_masked_too(secured):
+    s, db = secured
+    body = b'{"event_type": "HEARTBEAT", "\\u0073ecret": "s3cret", "timestamp": "2025-12-15T10:07:00"}'
+    status, answer = s.post(body, content_type="text/plain")
+    assert status == 200 and answer["ok"] is True             # it is the secret, once parsed
+    stored = bytes(db.query("SELECT raw_body FROM requests WHERE request_id = "
+                            "(SELECT request_id FROM events WHERE event_id = ?)",
+                            (answer["event_id"],))[0]["raw_body"])
+    assert stored == body.replace(b'"s3cret"', b'"***"')
+    wrong = body.replace(b"s3cret", b"guess-3")
+    assert_refused(s, db, wrong, 403, "forbidden", "secret",
+                   kept=wrong.replace(b'"guess-3"', b'"***"'))
+
+
+def test_a_secret_inside_batch_elements_is_never_stored(secured):
+    s, db = secured
+    body = json.dumps({"event_type": "MFE_UPDATE_BATCH", "secret": "s3cret",
+                       "timestamp": "2025-12-15T10:08:00",
+                       "signals": [{"trade_id": GOOD_ID, "no_be_mfe": 0.4, "secret": "s3cret"},
+                                   {"trade_id": GOOD_ID, "no_be_mfe": 0.5,
+                                    "secret": "s3cret"}]}).encode()
+    status, answer = s.post(body)
+    assert status == 200 and len(answer["events"]) == 2, answer
+    for event in answer["events"]:
+        payload = db.query("SELECT payload FROM events WHERE event_id = ?",
+                           (event["event_id"],))[0]["payload"]
+        assert "secret" not in json.loads(payload) and "s3cret" not in payload
+    stored = bytes(db.query("SELECT raw_body FROM requests ORDER BY request_id DESC "
+                            "LIMIT 1")[0]["raw_body"])
+    assert b"s3cret" not in stored and stored.count(b'"secret": "***"') == 3
+    status, detail = s.get(f"/api/signals/{GOOD_ID}")
+    assert status == 200 and detail["events"], detail
+    assert "s3cret" not in json.dumps(detail)
 
 
 def test_allow_list_refuses_other_peers(tmp_path):

@@ -65,6 +65,16 @@ def test_a_bars_naive_time_is_utc_while_an_events_naive_timestamp_is_new_york(db
         0]["payload"])["event_timestamp"] == "2025-12-15T14:42:00.000Z"
 
 
+@pytest.mark.parametrize("timeframe", ["99999999999", "9" * 5000, "D"])
+def test_a_bar_whose_timeframe_is_no_usable_length_is_a_price_as_of_its_open(db, clock,
+                                                                             timeframe):
+    bar = {"event_type": "BAR", "symbol": "MNQ1!", "timeframe": timeframe,
+           "time": "2025-12-15T13:42:00Z", "open": 1, "high": 2, "low": 0.5, "close": 1.5}
+    sigsync.ingest(db, json.dumps(bar).encode(), now=clock.now())
+    assert db.query("SELECT price, received_at FROM symbol_prices") == [
+        {"price": 1.5, "received_at": "2025-12-15T13:42:00.000Z"}]
+
+
 @pytest.mark.parametrize("value", ["yesterday", "2025-13-01T00:00:00", "", True, {"a": 1},
                                    "{{time}}", 10**20])
 def test_bad_times_are_rejected_naming_the_field(value):

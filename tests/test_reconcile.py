@@ -530,3 +530,88 @@ def test_the_work_set_of_a_backlog_costs_one_query_per_symbol_and_direction(db, 
     scans = [s for s in statements if "status = 'PENDING'" in s]
     assert len(scans) == 2                     # MNQ1! x (Bullish, Bearish)
     assert len(statements) <= 60 + 2 + 1 + 1   # touched lookups, scans, open trades, events
+
+
+@pytest.mark.parametrize("exit_type", ["EXIT_SL", "EXIT_TP"])
+def test_the_indicators_own_exit_replaces_an_inferred_one_whole_as_rebuild_does(
+        db, clock, exit_type):
+    """An inferred exit, then the received one: none of the inference stays (its time, its
+    reason, the BE leg's inferred exit), the change is audited, and rebuild agrees. (The
+    trade's own MAE is received here: a price estimate of it, made while the trade looked open,
+    is one that rebuild does not re-make once the trade is known to be closed.)"""
+    send(db, clock, **entry(BULL))                    # entry 25680, stop 25640
+    send(db, clock, event_type="BE_TRIGGERED", trade_id=BULL, no_be_mfe=1.0)
+    send(db, clock, event_type="MFE_UPDATE", trade_id=BULL, no_be_mfe=1.0, mae_global_r=-0.5)
+    clock.advance(60)
+    send(db, clock, event_type="MFE_UPDATE", trade_id="20251215_090000000_BEARISH",
+         symbol="MNQ1!", current_price=25630.0)      # past the stop
+    sigsync.sync_once(db, now=clock.advance(10))
+    row = signal_row(db, BULL)
+    assert row["exit_reason"] == "inferred_stop_crossed" and row["exit_be_at"] is not None
+    clock.advance(50)
+    send(db, clock, event_type=exit_type, trade_id=BULL, exit_price=25639.5)
+    row = signal_row(db, BULL)
+    received = sigsync.iso(clock.now())
+    exit_at = "exit_sl_at" if exit_type == "EXIT_SL" else "exit_tp_at"
+    assert row[exit_at] == received and prov(row, exit_at) == ["indicator", 1.0]
+    assert row["exit_price"] == 25639.5 and prov(row, "exit_price") == ["indicator", 1.0]
+    assert row["exit_reason"] is None and prov(row, "exit_reason") is None
+    assert row["exit_be_at"] is None and row["be_exit_price"] is None
+    if exit_type == "EXIT_TP":
+        assert row["exit_sl_at"] is None                 # no inferred stop beside a target
+    assert row["status"] == "EXITED" and "inferred_exit" not in row["fold_state"]
+    withdrawn = {a["field"] for a in audit(db, BULL)
+                 if a["tier"] == "ingest" and "supersedes the inferred exit" in a["reason"]}
+    assert {"exit_reason", "exit_be_at", "be_exit_price"} <= withdrawn
+    sigsync.sync_once(db, now=clock.advance(10))
+    live = derived_tables(db)
+    sigsync.rebuild(db, now=clock.now())
+    assert derived_tables(db) == live
+
+
+def test_a_received_break_even_exit_replaces_an_inferred_one(db, clock):
+    send(db, clock, **entry(BULL))
+    send(db, clock, event_type="BE_TRIGGERED", trade_id=BULL, no_be_mfe=1.0)
+    clock.advance(60)
+    send(db, clock, event_type="MFE_UPDATE", trade_id="20251215_090000000_BEARISH",
+         symbol="MNQ1!", current_price=25630.0)
+    sigsync.sync_once(db, now=clock.advance(10))
+    inferred = signal_row(db, BULL)["exit_be_at"]
+    clock.advance(30)
+    send(db, clock, event_type="EXIT_BE", trade_id=BULL, exit_price=25680.0)
+    row = signal_row(db, BULL)
+    assert row["exit_be_at"] == sigsync.iso(clock.now()) > inferred
+    assert prov(row, "exit_be_at") == ["indicator", 1.0]
+    assert any(a["field"] == "exit_be_at" and a["tier"] == "ingest" for a in audit(db, BULL))
+    sigsync.sync_once(db, now=clock.advance(10))     # no estimate replaces it again
+    assert signal_row(db, BULL)["exit_be_at"] == row["exit_be_at"]
+
+
+def test_an_upper_bound_confirmation_time_raises_no_exit_before_entry(db, clock):
+    """EXIT_SL, then its ENTRY: the pass bounds the confirmation by the ENTRY's arrival, after
+    the exit's. That proves nothing; later events must not make it a conflict."""
+    send(db, clock, event_type="EXIT_SL", trade_id=BULL, exit_price=25639.5)
+    clock.advance(30)
+    send(db, clock, **entry(BULL))
+    sigsync.sync_once(db, now=clock.advance(10))
+    row = signal_row(db, BULL)
+    assert prov(row, "confirmation_time") == ["calculated", 0.8]
+    assert row["confirmation_time"] > row["exit_sl_at"]
+    send(db, clock, event_type="MFE_UPDATE", trade_id=BULL, no_be_mfe=0.3)
+    assert "exit_before_entry" not in signal_row(db, BULL)["conflicts"]
+    live = derived_tables(db)
+    sigsync.rebuild(db, now=clock.now())
+    assert derived_tables(db) == live
+    # a received confirmation time after the exit is a contradiction, whatever the order
+    send(db, clock, event_type="MFE_UPDATE", trade_id=BULL, no_be_mfe=0.4,
+         confirmation_time="2025-12-15T09:05:00")
+    assert "exit_before_entry" in signal_row(db, BULL)["conflicts"]
+
+
+def test_absurd_prices_give_no_infinite_estimate(db, clock):
+    send(db, clock, **entry(BULL, price=1e308, stop=1e307))
+    sigsync.sync_once(db, now=clock.advance(10))
+    row = signal_row(db, BULL)
+    assert row["targets_extended"] is None and row["status"] == "ACTIVE"
+    raw = db.query("SELECT targets_extended, provenance FROM signals")[0]
+    assert "Infinity" not in json.dumps(raw)
