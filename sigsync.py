@@ -2620,6 +2620,9 @@ def backup_to(source_path, dest):
         raise SigsyncError(f"backup: no such directory: {os.path.dirname(dest)}")
     tmp = f"{dest}.tmp-{os.getpid()}"
     try:
+        # Readable by its owner only, whoever runs it and whatever the umask: every raw body
+        # is in it. (SQLite takes an empty file for a new database.)
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         source = _connect(source_path)
         try:
             target = apsw.Connection(tmp)

@@ -33,6 +33,7 @@ def test_backup_under_write_load_is_consistent_and_complete(server, run_cli, tmp
         stop.set()
         writer.join(timeout=30)
     assert not list(tmp_path.glob("copy.db.tmp-*"))
+    assert (tmp_path / "copy.db").stat().st_mode & 0o777 == 0o600    # every raw body is in it
     copy = apsw.Connection(str(tmp_path / "copy.db"))
     assert copy.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
     stored = {r[0] for r in copy.execute("SELECT event_id FROM events")}
