@@ -2507,21 +2507,23 @@ def demo_payloads(start, *, seed=7, signals=24):
                                            "stop_loss": stop, "targets": targets,
                                            "htf_alignment": htf, "be_mfe": 0, "no_be_mfe": 0,
                                            "mae_global_r": 0}))
-        mfe = mae = 0.0
+        mfe = mae = be_mfe = 0.0
         be = "none"
         for m in range(confirm + 1, min(confirm + 31, n_bars)):
             o, h, lo, c = bars[m]
             best, worst = (h, lo) if bullish else (lo, h)
             mfe = max(mfe, round(sign * (best - entry) / risk, 4))
             mae = min(mae, round(sign * (worst - entry) / risk, 4))
+            if be != "stopped":     # the break-even leg's excursion ends with that leg
+                be_mfe = mfe
             stamp = (t0 + dt.timedelta(minutes=m)).strftime("%Y-%m-%dT%H:%M:%S")
             out.append((sent_at(m, 0.5), {
                 "event_type": "MFE_UPDATE_BATCH", "timestamp": stamp, "symbol": "MNQ1!",
                 "signals": [{"trade_id": trade_id, "direction": direction,
                              "entry_price": entry, "stop_loss": stop, "no_be_mfe": mfe,
-                             "be_mfe": mfe, "mae_global_r": mae, "current_price": c,
+                             "be_mfe": be_mfe, "mae_global_r": mae, "current_price": c,
                              "be_triggered": mfe >= 1.0}]}))
-            common = {**base, "entry_price": entry, "stop_loss": stop, "be_mfe": mfe,
+            common = {**base, "entry_price": entry, "stop_loss": stop, "be_mfe": be_mfe,
                       "no_be_mfe": mfe, "mae_global_r": mae}
             if be == "none" and mfe >= 1.0:
                 be = "armed"
@@ -2530,7 +2532,7 @@ def demo_payloads(start, *, seed=7, signals=24):
             elif be == "armed" and sign * (worst - entry) <= 0:
                 be = "stopped"
                 out.append((sent_at(m, 2), {**common, "event_type": "EXIT_BE",
-                                            "exit_price": entry, "final_mfe": mfe}))
+                                            "exit_price": entry, "final_mfe": be_mfe}))
             if mae <= -1.0:
                 out.append((sent_at(m, 3), {**common, "event_type": "EXIT_SL",
                                             "exit_price": stop, "final_mfe": mfe}))

@@ -156,3 +156,20 @@ def test_demo_bars_carry_the_trades(tmp_path):
             best = max((sign * ((b["high"] if sign > 0 else b["low"]) - t["entry_price"])
                         / t["risk"] for b in after), default=0.0)
             assert t["no_be_mfe"] <= max(best, 0) + 1e-3, t["trade_id"]
+
+
+def test_demo_break_even_leg_stops_gaining_once_it_is_stopped(tmp_path):
+    """The break-even leg's MFE ends with that leg: after its EXIT_BE the trade may run on,
+    the BE leg's excursion may not (what a trader compares the two strategies by)."""
+    with open_database(tmp_path / "d.db") as db:
+        sigsync.demo(db, start=START)
+        stopped = db.query("SELECT s.trade_id, s.be_mfe, s.no_be_mfe, s.exit_be_at FROM signals s "
+                           "WHERE s.exit_be_at IS NOT NULL")
+        assert stopped
+        for t in stopped:
+            be_exit = db.query("SELECT payload FROM events WHERE trade_id = ? AND event_type = "
+                               "'EXIT_BE'", (t["trade_id"],))
+            assert be_exit, t["trade_id"]
+            assert t["be_mfe"] == json.loads(be_exit[0]["payload"])["be_mfe"], t["trade_id"]
+            assert t["be_mfe"] <= t["no_be_mfe"]
+        assert any(t["be_mfe"] < t["no_be_mfe"] for t in stopped)   # some ran on after BE
