@@ -8,6 +8,7 @@ import json
 import os
 import pathlib
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -215,9 +216,49 @@ def run_cli(tmp_path):
     return run
 
 
+# Tables that hold what happened (the log, the loop's history, settings, the gap catalogue):
+# everything else in the schema is derived, and must be what a rebuild from the log makes.
+RECORD_TABLES = {"requests", "events", "event_repeats", "rejected", "sync_runs",
+                 "sync_audit_log", "counters", "gap_types", "health_settings"}
+
+
+def derived_table_names(db):
+    """Read from the schema itself, not from sigsync: a derived table that sigsync forgets to
+    rebuild is still compared (and makes the assertion below fail)."""
+    names = {r["name"] for r in db.query("SELECT name FROM sqlite_schema WHERE type = 'table' "
+                                        "AND name NOT LIKE 'sqlite_%'")} - RECORD_TABLES
+    assert names == set(sigsync.DERIVED_TABLES), names ^ set(sigsync.DERIVED_TABLES)
+    return sorted(names)
+
+
+def require(command, package):
+    """A test tool the suite needs (CI installs it): missing, the run fails; never a skip."""
+    path = shutil.which(command)
+    if path is None:
+        raise RuntimeError(f"{command} is required by the tests: apt-get install {package}")
+    return path
+
+
 def derived_tables(db):
     """Every derived table's rows, in a fixed order: what rebuild must reproduce."""
-    return {t: db.query(f"SELECT * FROM {t} ORDER BY 1, 2") for t in sigsync.DERIVED_TABLES}
+    return {t: db.query(f"SELECT * FROM {t} ORDER BY 1, 2") for t in derived_table_names(db)}
+
+
+def wipe_derived(db):
+    """Empty every derived table, so that a rebuild compared with the live state afterwards
+    must make every row itself (a rebuild that did nothing would otherwise pass)."""
+    names = derived_table_names(db)
+    with db.write() as conn:
+        for t in names:
+            conn.execute(f"DELETE FROM {t}")
+    assert all(not rows for rows in derived_tables(db).values())
+
+
+def rebuilt_from_scratch(db, now, fold_only=False):
+    """Wipe the derived tables, rebuild them from the log (or only refold), return them."""
+    wipe_derived(db)
+    (sigsync.refold if fold_only else sigsync.rebuild)(db, now=now)
+    return derived_tables(db)
 
 
 def signal_row(db, trade_id):

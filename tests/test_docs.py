@@ -1,13 +1,12 @@
 """The README is part of the product: its recipes run, and it names everything there is."""
 
 import re
-import shutil
 import subprocess
 
 import pytest
 
 import sigsync
-from conftest import ROOT, START
+from conftest import ROOT, START, require
 
 README = (ROOT / "README.md").read_text()
 
@@ -36,10 +35,10 @@ def test_readme_has_sqlite3_recipes():
     assert len(recipes()) >= 8
 
 
-@pytest.mark.skipif(shutil.which("sqlite3") is None, reason="Debian package sqlite3 missing")
 @pytest.mark.parametrize("sql", recipes())
 def test_sqlite3_recipe_runs_in_the_stock_shell(populated, sql):
-    version = subprocess.run(["sqlite3", "--version"], capture_output=True, text=True).stdout
+    version = subprocess.run([require("sqlite3", "sqlite3"), "--version"], capture_output=True,
+                             text=True).stdout
     assert version.startswith("3.")
     proc = subprocess.run(["sqlite3", "-bail", str(populated), sql], capture_output=True,
                           text=True, timeout=30)

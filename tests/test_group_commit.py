@@ -480,3 +480,69 @@ def test_a_quiet_server_has_its_events_in_the_database_file(server, tmp_path):
             return False                        # no table yet, or a copy taken mid-write
 
     wait_until(checkpointed, "the events reach the database file")
+
+
+# --- the fsync itself ------------------------------------------------------------------------
+
+class _SyncRecordingFile(apsw.VFSFile):
+    def __init__(self, journal, name, flags):
+        self.journal = journal
+        self.path = name.filename() if hasattr(name, "filename") else (name or "")
+        super().__init__("unix", name, flags)
+
+    def xSync(self, flags):
+        result = super().xSync(flags)
+        self.journal.append(("fsync", self.path.rsplit("/", 1)[-1]))
+        return result
+
+
+class _SyncRecordingVFS(apsw.VFS):
+    """The OS VFS, made the default for the test, noting every completed fsync."""
+
+    def __init__(self, journal):
+        self.journal = journal
+        super().__init__("sigsync-test-syncs", "unix", makedefault=True)
+
+    def xOpen(self, name, flags):
+        return _SyncRecordingFile(self.journal, name, flags)
+
+
+@pytest.fixture
+def journal():
+    entries = []
+    vfs = _SyncRecordingVFS(entries)
+    try:
+        yield entries
+    finally:
+        vfs.unregister()
+
+
+def test_a_webhook_is_answered_only_after_its_wal_was_fsynced(tmp_path, journal):
+    """What a crash test cannot show (a killed process loses nothing the kernel holds): the
+    WAL reaches the disk, with one fsync per commit, before the answer is given. With
+    synchronous=NORMAL or OFF there would be no fsync here at all."""
+    db = sigsync.open_db(str(tmp_path / "s.db"), autocheckpoint=False)     # as serve opens it
+    try:
+        assert db.writer.execute("PRAGMA synchronous").fetchall() == [(2,)]        # FULL
+        assert db.writer.execute("PRAGMA journal_mode").fetchall() == [("wal",)]
+        app = sigsync.make_app(db, sigsync.FixedClock(START),
+                               sigsync.Config(db=str(tmp_path / "s.db")))
+        original = app.__call__
+
+        def answering(environ, start_response):
+            def noted(status, headers, exc_info=None):
+                journal.append(("answer", status.split()[0]))
+                return start_response(status, headers, exc_info)
+            return original(environ, noted)
+
+        client = WsgiClient(answering)
+        for body in (ENTRY, MFE):
+            journal.clear()
+            response = client.post("/api/automated-signals/webhook", body)
+            assert response.status == 200, response.data
+            assert journal == [("fsync", "s.db-wal"), ("answer", "200")], journal
+        journal.clear()
+        assert client.post("/api/automated-signals/webhook", b"{").status == 400
+        assert journal == [("fsync", "s.db-wal"), ("answer", "400")]       # the dead letter
+    finally:
+        db.close()

@@ -3,13 +3,12 @@ boundary instants; the seeds' scenario; the shell, the API and the CLI agree."""
 
 import datetime as dt
 import json
-import shutil
 import subprocess
 
 import pytest
 
 import sigsync
-from conftest import START, derived_tables
+from conftest import START, derived_tables, rebuilt_from_scratch
 
 T = "20251215_100000000_BULLISH"
 OTHER = "20251215_090000000_BEARISH"
@@ -151,8 +150,7 @@ def test_a_repeated_update_keeps_a_flat_trade_alive_and_rebuild_agrees(db, clock
     assert db.query("SELECT last_received_at FROM symbol_activity") == [
         {"last_received_at": "2025-12-15T14:15:00.000Z"}]
     live = derived_tables(db)
-    sigsync.refold(db, now=clock.now())
-    assert derived_tables(db) == live
+    assert rebuilt_from_scratch(db, clock.now(), fold_only=True) == live
 
 
 def test_a_repeat_is_market_activity_for_the_other_trades(db, clock):
@@ -351,7 +349,6 @@ def test_each_pass_stores_the_score(db, clock):
 
 # --- the shell, the API and the CLI agree --------------------------------------------------
 
-@pytest.mark.skipif(shutil.which("sqlite3") is None, reason="Debian package sqlite3 missing")
 def test_sqlite3_shell_api_and_cli_give_the_same_numbers(server, run_cli, tmp_path):
     db_path = tmp_path / "parity.db"
     code, _, err = run_cli("demo", "--db", db_path, "--start", "2025-12-15T13:30:00Z")
@@ -646,7 +643,6 @@ def test_gaps_api_refuses_bad_filters_with_the_one_error_shape(app, query):
 
 # --- at_now runs exactly what the shell runs ------------------------------------------------
 
-@pytest.mark.skipif(shutil.which("sqlite3") is None, reason="Debian package sqlite3 missing")
 def test_at_now_equals_the_stock_shell_with_v_now_pinned_for_every_view(db, clock):
     """The documented way (schema.sql, v_now): replace v_now in a transaction rolled back."""
     for at_s, raw in sigsync.demo_payloads(START, seed=5):

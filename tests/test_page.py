@@ -17,7 +17,8 @@ import pytest
 import sigsync
 from conftest import START, Server
 
-sync_api = pytest.importorskip("playwright.sync_api")
+from playwright import sync_api  # noqa: E402  (requirements-dev.txt)
+
 expect = sync_api.expect
 
 CHROMIUM = os.environ.get("SIGSYNC_CHROMIUM", "/usr/bin/chromium")
@@ -25,8 +26,8 @@ SHOTS = pathlib.Path(os.environ.get("SIGSYNC_SCREENSHOTS", "/tmp/sigsync-screens
 NY = sigsync.NEW_YORK
 UTC = dt.timezone.utc
 
-pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
-                                reason=f"no chromium at {CHROMIUM} (Debian package chromium)")
+if not os.path.exists(CHROMIUM):
+    raise RuntimeError(f"the page tests need chromium at {CHROMIUM}: apt-get install chromium")
 expect.set_options(timeout=10_000)
 
 

@@ -6,7 +6,7 @@ import json
 import pytest
 
 import sigsync
-from conftest import START, derived_tables, signal_row
+from conftest import START, derived_tables, rebuilt_from_scratch, signal_row
 
 BULL = "20251215_100000000_BULLISH"       # 10:00 New York = 15:00Z
 BEAR = "20251215_100300000_BEARISH"       # 10:03
@@ -506,8 +506,7 @@ def test_a_repeat_of_the_trades_own_update_withdraws_an_inferred_exit_as_rebuild
     sigsync.sync_once(db, now=clock.advance(10))     # the older price infers nothing now
     live = derived_tables(db)
     assert signal_row(db, BULL)["status"] == "ACTIVE"
-    sigsync.rebuild(db, now=clock.now())
-    assert derived_tables(db) == live
+    assert rebuilt_from_scratch(db, clock.now()) == live
 
 
 def test_the_work_set_of_a_backlog_costs_one_query_per_symbol_and_direction(db, clock):
@@ -565,8 +564,7 @@ def test_the_indicators_own_exit_replaces_an_inferred_one_whole_as_rebuild_does(
     assert {"exit_reason", "exit_be_at", "be_exit_price"} <= withdrawn
     sigsync.sync_once(db, now=clock.advance(10))
     live = derived_tables(db)
-    sigsync.rebuild(db, now=clock.now())
-    assert derived_tables(db) == live
+    assert rebuilt_from_scratch(db, clock.now()) == live
 
 
 def test_a_received_break_even_exit_replaces_an_inferred_one(db, clock):
@@ -600,8 +598,7 @@ def test_an_upper_bound_confirmation_time_raises_no_exit_before_entry(db, clock)
     send(db, clock, event_type="MFE_UPDATE", trade_id=BULL, no_be_mfe=0.3)
     assert "exit_before_entry" not in signal_row(db, BULL)["conflicts"]
     live = derived_tables(db)
-    sigsync.rebuild(db, now=clock.now())
-    assert derived_tables(db) == live
+    assert rebuilt_from_scratch(db, clock.now()) == live
     # a received confirmation time after the exit is a contradiction, whatever the order
     send(db, clock, event_type="MFE_UPDATE", trade_id=BULL, no_be_mfe=0.4,
          confirmation_time="2025-12-15T09:05:00")

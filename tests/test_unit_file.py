@@ -17,7 +17,8 @@ UNIT = ROOT / "sigsync.service"
 MAX_EXPOSURE = 2.0
 
 ANALYZE = shutil.which("systemd-analyze")
-pytestmark = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
+if ANALYZE is None:         # a skip would turn a missing check green
+    raise RuntimeError("the unit file tests need systemd-analyze: apt-get install systemd")
 
 
 def analyze(*args, cwd=None):
