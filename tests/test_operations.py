@@ -15,6 +15,14 @@ from conftest import START, open_database
 from test_durability import mfe_body, post_until_killed
 
 
+def wait_for(condition, seconds=30):
+    """Poll until condition() holds; a stuck load fails here instead of hanging the run."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the load made no progress"
+        time.sleep(0.005)
+
+
 def test_backup_under_write_load_is_consistent_and_complete(server, run_cli, tmp_path):
     db_path = tmp_path / "live.db"
     s = server(db_path=db_path)
@@ -23,8 +31,7 @@ def test_backup_under_write_load_is_consistent_and_complete(server, run_cli, tmp
     writer = threading.Thread(target=post_until_killed, args=(s.url, bodies, acked, stop))
     writer.start()
     try:
-        while len(acked) < 200:
-            time.sleep(0.005)
+        wait_for(lambda: len(acked) >= 200)
         acknowledged_before = list(acked)          # acknowledged before the backup started
         code, out, err = run_cli("backup", "--db", db_path, tmp_path / "copy.db")
         assert code == 0, err
@@ -180,8 +187,7 @@ def test_sigterm_during_a_stream_of_webhooks_loses_nothing_and_exits_0(server, t
                                       acked, stop)) for k in range(4)]
     for c in clients:
         c.start()
-    while len(acked) < 300:
-        time.sleep(0.005)
+    wait_for(lambda: len(acked) >= 300)
     s.proc.send_signal(signal.SIGTERM)
     code = s.proc.wait(timeout=20)                     # the unit's TimeoutStopSec
     stop.set()
