@@ -1,9 +1,9 @@
 """The original indicator's real payloads, end to end against a real `sigsync.py serve` process.
 
-Every fixture of tests/fixtures/origin-payloads.json (a copy of shared/fixtures) is posted twice, first as
-`application/json` then as `text/plain` (SPEC §1.1, §7.1), to one server. The expected answers
-and the expected signal rows are worked out here from the payloads and SPEC §1-§2, not copied
-from what the code returns.
+Every fixture of tests/fixtures/origin-payloads.json (a copy of shared/fixtures) is posted
+twice, as `application/json` and as `text/plain` (SPEC §1.1, §7.1; every other one text/plain
+first), to one server. The expected answers and the expected signal rows are worked out here
+from the payloads and SPEC §1-§2, not copied from what the code returns.
 """
 
 import json
@@ -11,10 +11,17 @@ import re
 
 import pytest
 
+import sigsync
 from conftest import Server, load_fixtures, open_database, signal_row
 
 FIXTURES = load_fixtures()
 CONTENT_TYPES = ("application/json", "text/plain")
+
+
+def posting_order(index):
+    """Every other fixture goes as text/plain first, so that both content types are folded
+    as a first delivery (and both are recognised as the duplicate of the other)."""
+    return CONTENT_TYPES if index % 2 == 0 else CONTENT_TYPES[::-1]
 SNAPSHOTS = {"UNIFIED_SNAPSHOT_V1", "INDICATOR_EXPORT_V2", "ALL_SIGNALS_EXPORT"}
 TRADE_TYPES = {"SIGNAL_CREATED", "ENTRY", "CONFIRMED", "MFE_UPDATE", "BE_TRIGGERED", "EXIT_BE",
                "EXIT_BREAK_EVEN", "EXIT_SL", "EXIT_STOP_LOSS", "EXIT_TP", "EXIT_TAKE_PROFIT",
@@ -67,12 +74,13 @@ def message_names(code, entry):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """One server; every fixture posted as JSON then as text/plain, in file order."""
+    """One server; every fixture posted as JSON and as text/plain, in file order, answers in
+    the order they were posted (posting_order)."""
     s = Server(tmp_path_factory.mktemp("fixtures_e2e") / "server.db").start()
     results = []
     try:
-        for entry, body in FIXTURES:
-            answers = [s.post(body, content_type=ct) for ct in CONTENT_TYPES]
+        for index, (entry, body) in enumerate(FIXTURES):
+            answers = [s.post(body, content_type=ct) for ct in posting_order(index)]
             results.append((entry, body, answers))
         yield s, results
     finally:
@@ -104,10 +112,10 @@ def test_fixture_file_is_the_one_described(run):
 
 def test_every_fixture_gets_the_status_the_spec_implies(run):
     _, results = run
-    for entry, body, answers in results:
+    for index, (entry, body, answers) in enumerate(results):
         status, code, n_events = expected_outcome(entry)
         label = f"{entry.get('_event')} / {entry.get('trade_id') or entry.get('signal_id')}"
-        for content_type, (got_status, answer) in zip(CONTENT_TYPES, answers):
+        for content_type, (got_status, answer) in zip(posting_order(index), answers):
             where = f"{label} as {content_type}"
             assert got_status == status, (where, answer)
             assert isinstance(answer, dict), (where, answer)
@@ -171,11 +179,14 @@ def test_every_refused_request_is_a_dead_letter_with_its_raw_body(run, rows):
 
 def test_every_accepted_delivery_is_kept_byte_for_byte(run, rows):
     _, results = run
-    accepted = [body for entry, body, _ in results if expected_outcome(entry)[0] == 200]
+    accepted = [(index, body) for index, (entry, body, _) in enumerate(results)
+                if expected_outcome(entry)[0] == 200]
     assert len(accepted) == 21
     requests = rows.query("SELECT raw_body, content_type, path FROM requests ORDER BY request_id")
-    assert [bytes(r["raw_body"]) for r in requests] == [b for b in accepted for _ in (0, 1)]
-    assert [r["content_type"] for r in requests] == list(CONTENT_TYPES) * len(accepted)
+    assert [bytes(r["raw_body"]) for r in requests] == [b for _, b in accepted for _ in (0, 1)]
+    assert [r["content_type"] for r in requests] == [
+        ct for index, _ in accepted for ct in posting_order(index)]
+    assert {r["content_type"] for r in requests[::2]} == set(CONTENT_TYPES)   # both first
     assert {r["path"] for r in requests} == {"/api/automated-signals/webhook"}
 
 
@@ -245,9 +256,22 @@ def test_one_row_per_signal(rows):
 
 # --- the signal rows, field by field -------------------------------------------------------
 
+class ReadColumns(dict):
+    """A signal row that remembers which columns the test looked at."""
+
+    def __init__(self, row):
+        super().__init__(row)
+        self.read = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+
 def test_complete_bullish_lifecycle(rows):
-    """SIGNAL_CREATED, ENTRY, BE_TRIGGERED, EXIT_BREAK_EVEN, EXIT_STOP_LOSS and two batches."""
-    s = signal_row(rows, T094200)
+    """SIGNAL_CREATED, ENTRY, BE_TRIGGERED, EXIT_BREAK_EVEN, EXIT_STOP_LOSS and two batches:
+    every column of the signal row is checked (fold_state is the fold's own bookkeeping)."""
+    s = ReadColumns(signal_row(rows, T094200))
     events = events_of(rows, T094200)
     by_type = {}
     for e in events:
@@ -293,7 +317,7 @@ def test_complete_bullish_lifecycle(rows):
     # The only price sample: the v1 batch's current_price at 10:05 New York.
     assert s["last_price"] == 25731.25
     assert s["last_price_at"] == "2025-12-15T15:05:00.000Z"
-    # Every fixture is posted twice (JSON, then text/plain): the second copy of each MFE
+    # Every fixture is posted twice (JSON and text/plain): the second copy of each MFE
     # update is a repeat, which keeps the trade alive without being counted again.
     repeats = rows.query("SELECT r.received_at FROM event_repeats AS r JOIN events AS e "
                          "USING (event_id) WHERE e.trade_id = ?", (T094200,))
@@ -319,6 +343,18 @@ def test_complete_bullish_lifecycle(rows):
     assert prov["mae"] == ["indicator", 1.0]
     assert prov["exit_price"] == ["indicator", 1.0]
     assert prov["risk"][0] == "calculated" and prov["risk"][1] == 1.0
+    assert s["trade_id"] == T094200
+    # The signal moment as SIGNAL_CREATED saw it (ENTRY, BE and exits carry later variants).
+    assert s["setup"] == {"setup_family": "FVG_CORE", "setup_variant": "PENDING_CONFIRMATION",
+                          "setup_id": "FVG_CORE_PENDING_CONFIRMATION", "signal_strength": 75}
+    assert prov["setup"] == ["signal_created", 1.0]
+    # The first evidence of an entry: the earliest arrival of anything but SIGNAL_CREATED.
+    assert s["entry_received_at"] == min(e["received_at"] for e in events
+                                         if e["event_type"] != "SIGNAL_CREATED")
+    # Only the refused snapshot formats carry bars_to_confirm; no pass has run to fill targets.
+    assert s["bars_to_confirmation"] is None and s["targets_extended"] is None
+    missing = set(sigsync.SIGNAL_COLUMNS) - {"fold_state"} - s.read
+    assert not missing, f"columns not checked: {sorted(missing)}"
 
 
 def test_bearish_entry_only(rows):
