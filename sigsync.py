@@ -845,6 +845,7 @@ UTC_TIME_FIELDS = {"time"}      # a BAR's open: "UTC ISO or epoch ms" (SPEC §1.
 TARGET_FIELDS = ("tp1_price", "tp2_price", "tp3_price")
 DIRECTIONS = {"BULLISH": "Bullish", "LONG": "Bullish", "BEARISH": "Bearish", "SHORT": "Bearish"}
 _PLACEHOLDER = re.compile(r"\{\{.*?\}\}")
+_LARGEST_INT = int(sys.float_info.max)     # a larger integer has no float (nor SQLite REAL)
 # The key may be spelled with JSON escapes ("\u0073ecret" is "secret" once parsed).
 _SECRET_KEY = b"".join(rb"(?:%s|\\u%04x)" % (bytes([c]), c) for c in b"secret")
 _SECRET_IN_BODY = re.compile(
@@ -915,9 +916,6 @@ def _check_values(value, path):
     elif isinstance(value, list):
         for i, v in enumerate(value):
             _check_values(v, f"{path}[{i}]")
-
-
-_LARGEST_INT = int(sys.float_info.max)     # a larger integer has no float (nor SQLite REAL)
 
 
 def _encodable(text):
@@ -1201,8 +1199,8 @@ def _without_secret(data):
     if isinstance(data.get("attributes"), dict):
         data["attributes"] = _without_secret(data["attributes"])
     if isinstance(data.get("signals"), list):
-        data["signals"] = [{k: v for k, v in e.items() if k != "secret"}
-                           if isinstance(e, dict) else e for e in data["signals"]]
+        data["signals"] = [_without_secret(e) if isinstance(e, dict) else e
+                           for e in data["signals"]]
     return data
 
 
@@ -1606,19 +1604,17 @@ def fold(row, event):
     # Break-even leg.
     if etype == "BE_TRIGGERED" or (etype == "MFE_UPDATE" and p.get("be_triggered") is True):
         fs["be_triggered"] = True
-        if row["be_triggered_at"] is None or received < row["be_triggered_at"]:
-            row["be_triggered_at"] = received
-            row["provenance"]["be_triggered_at"] = [src, 1.0]
+        _running(row, "be_triggered_at", received, min, src)      # the earliest arrival
     if etype in EXIT_TYPES and fs.get("inferred_exit"):
         # The indicator's own exit supersedes the inferred one, all of it: rebuilt from the
         # log, the row would never have held the inference.
         del fs["inferred_exit"]
         retract(row, EXIT_FIELDS, "the indicator's own exit supersedes the inferred exit")
     if etype == "EXIT_BE":
-        _earliest(row, "exit_be_at", received, src)
+        _running(row, "exit_be_at", received, min, src)
         offer(row, "be_exit_price", p.get("exit_price"), src, 1.0)
     if etype in EXIT_TYPES:
-        _earliest(row, "exit_sl_at" if etype == "EXIT_SL" else "exit_tp_at", received, src)
+        _running(row, "exit_sl_at" if etype == "EXIT_SL" else "exit_tp_at", received, min, src)
         offer(row, "exit_price", p.get("exit_price"), src, 1.0, 2)
         offer(row, "exit_reason", p.get("exit_reason"), src, 1.0, 2)
     if etype in ("EXIT_BE",) + tuple(EXIT_TYPES):
@@ -1657,19 +1653,6 @@ def _fold_signal_time(row, p, etype, src):
     elif isinstance(p.get("signal_date"), str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}",
                                                                 p["signal_date"].strip()):
         offer(row, "signal_date", p["signal_date"].strip(), src, 1.0, rank - 0.5)
-
-
-def _earliest(row, field, value, source):
-    """The earliest received time; a received time replaces an estimate whatever its order."""
-    prov = row["provenance"].get(field)
-    estimated = prov is not None and prov[1] < 1.0 and row[field] is not None
-    if row[field] is None or estimated or value < row[field]:
-        if estimated and value != row[field]:
-            _queue_audit(row, field, row[field], value, source, 1.0, "ingest",
-                         f"a received value supersedes the {prov[0]} estimate")
-        row[field] = value
-        row["provenance"][field] = [source, 1.0]
-        row["fold_state"]["ranks"][field] = [1.0, 0]     # no estimate may replace it
 
 
 def _received(row, field):
@@ -1721,8 +1704,10 @@ def _fold_excursions(row, p, received):
         row["last_update_at"] = received
 
 
-def _running(row, field, value, better):
-    """Running max/min over received values; an estimate (< 1.0) is replaced by a real value."""
+def _running(row, field, value, better, source="indicator"):
+    """Running max/min over received values (excursions; min for the earliest arrival of an
+    alert); an estimate (< 1.0) is replaced by a received value whatever the order, audited,
+    and the rank keeps any later estimate from replacing it."""
     prov = row["provenance"].get(field)
     if row[field] is None or (prov and prov[1] < 1.0):
         new = value
@@ -1730,10 +1715,10 @@ def _running(row, field, value, better):
         new = better(row[field], value)
     if new != row[field] or prov is None or prov[1] < 1.0:
         if prov is not None and prov[1] < 1.0 and new != row[field]:
-            _queue_audit(row, field, row[field], new, "indicator", 1.0, "ingest",
+            _queue_audit(row, field, row[field], new, source, 1.0, "ingest",
                          f"a received value supersedes the {prov[0]} estimate")
         row[field] = new
-        row["provenance"][field] = ["indicator", 1.0]
+        row["provenance"][field] = [source, 1.0]
         row["fold_state"]["ranks"][field] = [1.0, 0]
 
 

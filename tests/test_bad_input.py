@@ -393,7 +393,8 @@ def test_right_body_secret_is_accepted_and_never_stored(secured):
 
 def test_a_secret_spelled_with_json_escapes_is_masked_too(secured):
     s, db = secured
-    body = b'{"event_type": "HEARTBEAT", "\\u0073ecret": "s3cret", "timestamp": "2025-12-15T10:07:00"}'
+    body = (b'{"event_type": "HEARTBEAT", "\\u0073ecret": "s3cret", '
+            b'"timestamp": "2025-12-15T10:07:00"}')
     status, answer = s.post(body, content_type="text/plain")
     assert status == 200 and answer["ok"] is True             # it is the secret, once parsed
     stored = bytes(db.query("SELECT raw_body FROM requests WHERE request_id = "

@@ -16,12 +16,6 @@ from conftest import Server, load_fixtures, open_database, signal_row
 
 FIXTURES = load_fixtures()
 CONTENT_TYPES = ("application/json", "text/plain")
-
-
-def posting_order(index):
-    """Every other fixture goes as text/plain first, so that both content types are folded
-    as a first delivery (and both are recognised as the duplicate of the other)."""
-    return CONTENT_TYPES if index % 2 == 0 else CONTENT_TYPES[::-1]
 SNAPSHOTS = {"UNIFIED_SNAPSHOT_V1", "INDICATOR_EXPORT_V2", "ALL_SIGNALS_EXPORT"}
 TRADE_TYPES = {"SIGNAL_CREATED", "ENTRY", "CONFIRMED", "MFE_UPDATE", "BE_TRIGGERED", "EXIT_BE",
                "EXIT_BREAK_EVEN", "EXIT_SL", "EXIT_STOP_LOSS", "EXIT_TP", "EXIT_TAKE_PROFIT",
@@ -70,6 +64,12 @@ def message_names(code, entry):
     return {"invalid_json": "JSON", "missing_field": "event_type",
             "unsupported_event_type": entry.get("event_type"),
             "invalid_trade_id": "trade_id"}[code]
+
+
+def posting_order(index):
+    """Every other fixture goes as text/plain first, so that both content types are folded
+    as a first delivery (and both are recognised as the duplicate of the other)."""
+    return CONTENT_TYPES if index % 2 == 0 else CONTENT_TYPES[::-1]
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,7 @@ import pytest
 
 import sigsync
 from conftest import START, Server
-
-from playwright import sync_api  # noqa: E402  (requirements-dev.txt)
+from playwright import sync_api
 
 expect = sync_api.expect
 
