@@ -3675,14 +3675,14 @@ def _print_json(value):
     print(json.dumps(value, indent=2, sort_keys=True, default=str))
 
 
-def cmd_serve(args, config):
-    return serve(config)
+def cmd_serve(args, config, clock):
+    return serve(config, clock)
 
 
-def cmd_sync(args, config):
+def cmd_sync(args, config, clock):
     db = open_db(config.db)
     try:
-        result = sync_once(db, now=Clock().now(), trigger="cli", full=args.full,
+        result = sync_once(db, now=clock.now(), trigger="cli", full=args.full,
                            fresh_seconds=config.price_fresh_seconds)
     except SyncFailed as e:
         result = e.result
@@ -3700,17 +3700,17 @@ def cmd_sync(args, config):
     return 0 if result["outcome"] in ("ok", "skipped") else 1
 
 
-def cmd_backup(args, config):
+def cmd_backup(args, config, clock):
     open_db(_existing(config.db)).close()               # migrate/validate before copying
     result = backup_to(config.db, args.dest)
     print(f"backup: {result['pages']} pages, {result['bytes']} bytes -> {result['dest']}")
     return 0
 
 
-def cmd_check(args, config):
+def cmd_check(args, config, clock):
     db = open_db(_existing(config.db))
     try:
-        result = check(db, now=Clock().now(), sample=args.sample)
+        result = check(db, now=clock.now(), sample=args.sample)
     finally:
         db.close()
     if args.json:
@@ -3725,7 +3725,7 @@ def cmd_check(args, config):
     return 0 if result["ok"] else 1
 
 
-def cmd_export(args, config):
+def cmd_export(args, config, clock):
     if not args.events and not args.signals:
         raise SigsyncError("say what to export: --events FILE and/or --signals FILE.csv "
                            "('-' for standard output)")
@@ -3746,7 +3746,7 @@ def cmd_export(args, config):
     return 0
 
 
-def cmd_import(args, config):
+def cmd_import(args, config, clock):
     db = open_db(config.db)
     tty = sys.stderr.isatty()
     total = None
@@ -3766,12 +3766,12 @@ def cmd_import(args, config):
     try:
         stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
         with stream:
-            counts = import_lines(db, stream, now=Clock().now(), progress=progress)
+            counts = import_lines(db, stream, now=clock.now(), progress=progress)
         if tty:
             sys.stderr.write("\n")
         # What the loop would do next, done now: the imported trades get their fills (and
         # their gaps their true state) before anyone looks.
-        run = sync_once(db, now=Clock().now(), trigger="cli") if counts["stored"] else None
+        run = sync_once(db, now=clock.now(), trigger="cli") if counts["stored"] else None
     finally:
         db.close()
     print(f"import: {counts['lines']} lines, {counts['stored']} stored, {counts['known']} "
@@ -3800,10 +3800,10 @@ def _given_thresholds(args, config, environ=None):
             or SETTINGS_BY_NAME[name].env + "_FILE" in environ}
 
 
-def cmd_health(args, config):
+def cmd_health(args, config, clock):
     db = open_db(_existing(config.db))
     try:
-        report = health_report(db, Clock().now(), settings=_given_thresholds(args, config))
+        report = health_report(db, clock.now(), settings=_given_thresholds(args, config))
     finally:
         db.close()
     if args.json:
@@ -3814,10 +3814,10 @@ def cmd_health(args, config):
     return 1 if score is not None and score < config.health_threshold else 0
 
 
-def cmd_gaps(args, config):
+def cmd_gaps(args, config, clock):
     db = open_db(_existing(config.db))
     try:
-        rows = open_gaps(db, Clock().now(), gap=args.gap, severity=args.severity,
+        rows = open_gaps(db, clock.now(), gap=args.gap, severity=args.severity,
                          trade_id=args.trade_id, limit=args.limit,
                          settings=_given_thresholds(args, config))
     finally:
@@ -3832,14 +3832,14 @@ def cmd_gaps(args, config):
     return 0
 
 
-def cmd_signals(args, config):
+def cmd_signals(args, config, clock):
     db = open_db(_existing(config.db))
     try:
         params = {"status": args.status, "direction": args.direction, "session": args.session,
                   "symbol": args.symbol, "since": args.since, "until": args.until, "q": args.q,
                   "limit": str(args.limit), "cursor": args.cursor}
         f = SignalFilter.parse(params.get)
-        answer = list_signals(db, Clock().now(), f)
+        answer = list_signals(db, clock.now(), f)
     finally:
         db.close()
     if args.json:
@@ -3862,10 +3862,10 @@ def cmd_signals(args, config):
     return 0
 
 
-def cmd_rebuild(args, config):
+def cmd_rebuild(args, config, clock):
     db = open_db(config.db)
     try:
-        result = rebuild(db, now=Clock().now())
+        result = rebuild(db, now=clock.now())
     finally:
         db.close()
     print(f"rebuilt {result['signals']} signals from {result['events']} events; "
@@ -3873,10 +3873,10 @@ def cmd_rebuild(args, config):
     return 0
 
 
-def cmd_replay_rejected(args, config):
+def cmd_replay_rejected(args, config, clock):
     db = open_db(config.db)
     try:
-        outcomes = replay_rejected(db, now=Clock().now(), include_auth=args.include_auth,
+        outcomes = replay_rejected(db, now=clock.now(), include_auth=args.include_auth,
                                    ids=set(args.ids) if args.ids else None)
     finally:
         db.close()
@@ -3892,7 +3892,7 @@ def cmd_replay_rejected(args, config):
     return 1 if any(o["outcome"] == "not_found" for o in outcomes) else 0
 
 
-def cmd_demo(args, config):
+def cmd_demo(args, config, clock):
     db = open_db(config.db)
     try:
         held = db.query("SELECT count(*) AS n FROM requests")[0]["n"]
@@ -3902,7 +3902,7 @@ def cmd_demo(args, config):
             print(f"demo: {config.db} already holds {held} requests; left as it is (demo fills "
                   "only a new or empty database)")
             return 0
-        start = demo_start(Clock().now()) if args.start is None \
+        start = demo_start(clock.now()) if args.start is None \
             else parse_time(args.start, "--start")[0]
         result = demo(db, start=start, seed=args.seed)
     finally:
@@ -3977,7 +3977,8 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
+def main(argv=None, clock=None):
+    """The command line; `clock` (tests: a FixedClock) is what every command takes as now."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -3989,7 +3990,7 @@ def main(argv=None):
                         format="%(asctime)s level=%(levelname)s %(message)s", stream=sys.stderr)
     handler = globals()["cmd_" + args.command.replace("-", "_")]
     try:
-        return handler(args, config)
+        return handler(args, config, clock or Clock())
     except SigsyncError as e:
         if args.debug:
             raise

@@ -384,7 +384,8 @@ def test_sqlite3_shell_api_and_cli_give_the_same_numbers(server, run_cli, tmp_pa
 def test_health_exits_zero_when_healthy_and_one_under_the_threshold(tmp_path, capsys):
     path = str(tmp_path / "exit.db")
     db = sigsync.open_db(path)
-    now = sigsync.Clock().now()
+    clock = sigsync.FixedClock(START)
+    now = clock.now()
     trade = (now.astimezone(sigsync.NEW_YORK) - dt.timedelta(hours=1)).strftime(
         "%Y%m%d_%H%M%S") + "000_BULLISH"
     sigsync.ingest(db, json.dumps(created(trade)).encode(), now=now)
@@ -393,15 +394,15 @@ def test_health_exits_zero_when_healthy_and_one_under_the_threshold(tmp_path, ca
                                    "exit_price": 25640.0}).encode(), now=now)
     sigsync.sync_once(db, now=now)
     db.close()
-    assert sigsync.main(["health", "--db", path]) == 0
+    assert sigsync.main(["health", "--db", path], clock) == 0
     assert "Health Score: 100.0/100" in capsys.readouterr().out
     db = sigsync.open_db(path)
     sigsync.ingest(db, json.dumps(entry(trade, entry_price=1.0)).encode(), now=now)  # conflict
     db.close()
-    assert sigsync.main(["health", "--db", path, "--health-threshold", "90"]) == 1
-    assert sigsync.main(["health", "--db", path, "--health-threshold", "75"]) == 0
+    assert sigsync.main(["health", "--db", path, "--health-threshold", "90"], clock) == 1
+    assert sigsync.main(["health", "--db", path, "--health-threshold", "75"], clock) == 0
     capsys.readouterr()
-    assert sigsync.main(["health", "--db", path, "--json"]) == 1
+    assert sigsync.main(["health", "--db", path, "--json"], clock) == 1
     assert json.loads(capsys.readouterr().out)["score"] < 90
 
 
@@ -439,9 +440,8 @@ def test_thresholds_given_to_a_query_replace_the_stored_ones_without_writing(db,
         "value"] == "600"
 
 
-def _recent_open_trade(path, seconds_ago):
+def _recent_open_trade(path, now, seconds_ago):
     db = sigsync.open_db(path)
-    now = sigsync.Clock().now()
     trade = (now.astimezone(sigsync.NEW_YORK) - dt.timedelta(hours=1)).strftime(
         "%Y%m%d_%H%M%S") + "000_BULLISH"
     sigsync.ingest(db, json.dumps(created(trade)).encode(), now=now)
@@ -452,30 +452,41 @@ def _recent_open_trade(path, seconds_ago):
 
 
 def test_health_and_gaps_commands_apply_threshold_flags(tmp_path, capsys, monkeypatch):
+    """The commands take the clock they are given: the gap opens once the last update is more
+    than the threshold old, and not at the threshold itself."""
     monkeypatch.delenv("SIGSYNC_STALE_MFE_SECONDS", raising=False)
     path = str(tmp_path / "flags.db")
-    trade = _recent_open_trade(path, seconds_ago=400)
-    sigsync.main(["health", "--db", path, "--json"])
-    assert "stale_mfe" not in json.loads(capsys.readouterr().out)["windows"]["all"][
-        "gaps_by_type"]
-    sigsync.main(["health", "--db", path, "--json", "--stale-mfe-seconds", "300"])
-    by_type = json.loads(capsys.readouterr().out)["windows"]["all"]["gaps_by_type"]
-    assert sum(by_type["stale_mfe"].values()) == 1    # abnormal: its SIGNAL_CREATED came since
+    clock = sigsync.FixedClock(START)
+    trade = _recent_open_trade(path, START, seconds_ago=400)
+
+    def stale_mfe(*flags):
+        assert sigsync.main(["health", "--db", path, "--json", *flags], clock) in (0, 1)
+        return json.loads(capsys.readouterr().out)["windows"]["all"]["gaps_by_type"].get(
+            "stale_mfe")
+
+    assert stale_mfe() is None                                  # the stored 600 s
+    assert stale_mfe("--stale-mfe-seconds", "400") is None      # exactly at the threshold
+    by_type = stale_mfe("--stale-mfe-seconds", "399")
+    assert by_type == {"abnormal": 1, "expected": 0}    # abnormal: its SIGNAL_CREATED came since
     assert sigsync.main(["gaps", "--db", path, "--json", "--gap", "stale_mfe",
-                         "--stale-mfe-seconds", "300"]) == 0
+                         "--stale-mfe-seconds", "399"], clock) == 0
     assert [r["trade_id"] for r in json.loads(capsys.readouterr().out)] == [trade]
+    assert sigsync.main(["gaps", "--db", path, "--json", "--gap", "stale_mfe",
+                         "--stale-mfe-seconds", "400"], clock) == 0
+    assert json.loads(capsys.readouterr().out) == []
     monkeypatch.setenv("SIGSYNC_STALE_MFE_SECONDS", "300")      # the EnvironmentFile's way
-    sigsync.main(["gaps", "--db", path, "--json", "--gap", "stale_mfe"])
+    sigsync.main(["gaps", "--db", path, "--json", "--gap", "stale_mfe"], clock)
     assert len(json.loads(capsys.readouterr().out)) == 1
     monkeypatch.delenv("SIGSYNC_STALE_MFE_SECONDS")
-    sigsync.main(["gaps", "--db", path, "--json", "--gap", "stale_mfe"])
+    sigsync.main(["gaps", "--db", path, "--json", "--gap", "stale_mfe"], clock)
     assert json.loads(capsys.readouterr().out) == []            # nothing was stored
 
 
 def test_gaps_json_lists_rows_with_parsed_evidence(tmp_path, capsys):
     path = str(tmp_path / "gaps.db")
-    trade = _recent_open_trade(path, seconds_ago=0)
-    assert sigsync.main(["gaps", "--db", path, "--json", "--trade-id", trade]) == 0
+    trade = _recent_open_trade(path, START, seconds_ago=0)
+    assert sigsync.main(["gaps", "--db", path, "--json", "--trade-id", trade],
+                        sigsync.FixedClock(START)) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {r["gap"] for r in rows} >= {"no_confirmation_time", "no_targets"}
     assert all(set(r) == {"trade_id", "gap", "severity", "since", "filled_by", "weight",
@@ -485,8 +496,8 @@ def test_gaps_json_lists_rows_with_parsed_evidence(tmp_path, capsys):
 
 def test_sync_json_reports_the_run(tmp_path, capsys):
     path = str(tmp_path / "sync.db")
-    _recent_open_trade(path, seconds_ago=0)
-    assert sigsync.main(["sync", "--db", path, "--json"]) == 0
+    _recent_open_trade(path, START, seconds_ago=0)
+    assert sigsync.main(["sync", "--db", path, "--json"], sigsync.FixedClock(START)) == 0
     run = json.loads(capsys.readouterr().out)
     assert run["outcome"] == "ok" and run["examined"] == 1 and run["changes"] > 0
     assert set(run) == {"run_id", "outcome", "examined", "changes", "counts", "error"}

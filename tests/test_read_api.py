@@ -348,22 +348,22 @@ def test_the_page_is_served_at_the_root_and_files_cannot_escape_static(app):
     assert app.get("/static/no-such-file.js").status == 404
 
 
-def test_signals_command_lists_with_the_same_filters(loaded, db, config, capsys):
+def test_signals_command_lists_with_the_same_filters(loaded, db, config, clock, capsys):
     code = sigsync.main(["signals", "--db", config.db, "--status", "confirmed",
-                         "--symbol", "MNQ1!", "--limit", "1000", "--json"])
+                         "--symbol", "MNQ1!", "--limit", "1000", "--json"], clock)
     assert code == 0
     body = json.loads(capsys.readouterr().out)
     expected = [s for s in SPECS if s["status"] in ("ACTIVE", "EXITED")
                 and s["symbol"] == "MNQ1!"]
     assert [r["trade_id"] for r in body["signals"]] == newest_first(expected)
-    code = sigsync.main(["signals", "--db", config.db, "--session", "NY AM"])
+    code = sigsync.main(["signals", "--db", config.db, "--session", "NY AM"], clock)
     out = capsys.readouterr().out
     assert code == 0
     ny_am = [s for s in SPECS if s["session"] == "NY AM"]
     for s in ny_am:
         assert s["trade_id"] in out
     assert f"{len(ny_am)} of {len(ny_am)} signals" in out
-    assert sigsync.main(["signals", "--db", config.db, "--status", "open"]) == 1
+    assert sigsync.main(["signals", "--db", config.db, "--status", "open"], clock) == 1
     assert "status: unknown status" in capsys.readouterr().err
 
 
