@@ -311,16 +311,33 @@ CREATE TABLE health_settings (
 ) WITHOUT ROWID;
 
 -- Counters that are not rows of the log (duplicates, rejections by reason): kept here so that
--- they survive restarts. Derived from nothing; never rebuilt.
+-- they survive restarts. Derived from nothing; never rebuilt. One is a total, not a count:
+-- 'dead_letter_bytes', the bytes of the bodies in `rejected`, kept by triggers (below the views
+-- marker) so that the dead letters' byte bound is checked without summing the table.
 CREATE TABLE counters (
     name  TEXT PRIMARY KEY,                -- e.g. 'duplicates', 'rejected:invalid_json'
     value INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 
-PRAGMA user_version = 3;
+PRAGMA user_version = 4;
 
 -- @views ---------------------------------------------------------------------------------------
 -- Re-created on every start: rules live here, data does not.
+
+-- counters.dead_letter_bytes = the bytes of rejected.raw_body, whoever inserts or deletes (the
+-- bound in sigsync.py, or an operator's DELETE in the sqlite3 shell).
+DROP TRIGGER IF EXISTS rejected_ai_bytes;
+CREATE TRIGGER rejected_ai_bytes AFTER INSERT ON rejected BEGIN
+    INSERT INTO counters(name, value)
+    VALUES ('dead_letter_bytes', length(CAST(NEW.raw_body AS BLOB)))
+    ON CONFLICT(name) DO UPDATE SET value = value + excluded.value;
+END;
+
+DROP TRIGGER IF EXISTS rejected_ad_bytes;
+CREATE TRIGGER rejected_ad_bytes AFTER DELETE ON rejected BEGIN
+    UPDATE counters SET value = value - length(CAST(OLD.raw_body AS BLOB))
+     WHERE name = 'dead_letter_bytes';
+END;
 
 DROP VIEW IF EXISTS v_signal_provenance;
 -- One row per (signal, field) that has a value: where it came from and how sure it is.

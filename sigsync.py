@@ -85,6 +85,8 @@ SETTINGS = [
             "is believed (e.g. 127.0.0.1 behind nginx)"),
     Setting("max_body", 65536, int, "largest accepted request body in bytes (larger: 413)"),
     Setting("max_dead_letters", 10000, int, "dead letters kept; the oldest are dropped beyond"),
+    Setting("max_dead_letter_bytes", 64 * 1024 * 1024, int, "bytes of dead-letter bodies "
+            "kept; the oldest are dropped beyond (the newest is always kept)"),
     Setting("threads", 4, int, "HTTP worker threads"),
     Setting("connection_limit", 100, int, "open HTTP connections before new ones wait"),
     Setting("insecure", False, bool, "allow a non-loopback bind without a secret/read token"),
@@ -116,6 +118,7 @@ class Config:
     trusted_proxies: list = dataclasses.field(default_factory=list)
     max_body: int = 65536
     max_dead_letters: int = 10000
+    max_dead_letter_bytes: int = 64 * 1024 * 1024
     threads: int = 4
     connection_limit: int = 100
     insecure: bool = False
@@ -400,6 +403,10 @@ MIGRATIONS = {
        " request_id INTEGER NOT NULL REFERENCES requests(request_id),"
        " received_at TEXT NOT NULL, symbol_key TEXT, PRIMARY KEY (event_id, request_id))"
        " WITHOUT ROWID;",
+    # 0.5.3: the dead letters' bytes, counted once here, then kept by trigger (schema.sql).
+    3: "INSERT INTO counters(name, value) SELECT 'dead_letter_bytes', "
+       "coalesce(sum(length(CAST(raw_body AS BLOB))), 0) FROM rejected WHERE true "
+       "ON CONFLICT(name) DO UPDATE SET value = excluded.value;",
 }
 
 
@@ -1253,10 +1260,11 @@ def _store_event(conn, request_id, received_at, payload, batch_index, canonical,
 
 
 def reject(db, raw, error, *, now, peer=None, path=None, content_type=None, size=None,
-           max_dead_letters=10000):
-    """Keep a refused request in the bounded dead-letter table. May raise StorageUnavailable."""
+           max_dead_letters=10000, max_dead_letter_bytes=64 * 1024 * 1024):
+    """Keep a refused request in the dead-letter table, bounded in rows and in bytes of body
+    (the oldest go first; the newest stays). May raise StorageUnavailable."""
     values = (iso(now), peer, path, content_type, error.status, error.code, error.message,
-              mask_secret(raw), len(raw) if size is None else size)
+              bytes(mask_secret(raw)), len(raw) if size is None else size)
 
     def keep(conn):
         conn.execute(
@@ -1264,9 +1272,44 @@ def reject(db, raw, error, *, now, peer=None, path=None, content_type=None, size
             "raw_body, body_size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
         newest = conn.last_insert_rowid()
         conn.execute("DELETE FROM rejected WHERE rejected_id <= ?", (newest - max_dead_letters,))
+        _trim_dead_letters(conn, newest, max_dead_letter_bytes)
         _bump(conn, f"rejected:{error.code}")
 
     db.transact(keep)
+
+
+def dead_letter_limits(config):
+    """reject()'s bounds, as configured."""
+    return {"max_dead_letters": config.max_dead_letters,
+            "max_dead_letter_bytes": config.max_dead_letter_bytes}
+
+
+DEAD_LETTER_TRIM = 0.9      # over its byte bound, the dead-letter table is trimmed to this share
+
+
+def _trim_dead_letters(conn, newest, max_bytes):
+    """Drop the oldest dead letters while their bodies hold more than max_bytes.
+
+    The total is the counter 'dead_letter_bytes', kept by triggers on `rejected` (schema.sql),
+    so the usual case is one read. Once over, the table is trimmed to DEAD_LETTER_TRIM of the
+    bound, reading only the rows it drops: a flood of large bodies pays for a trim once per
+    tenth of the bound, not on every request."""
+    total = conn.execute("SELECT value FROM counters WHERE name = 'dead_letter_bytes'").fetchall()
+    if not total or total[0][0] <= max_bytes:
+        return
+    excess, freed, last = total[0][0] - int(max_bytes * DEAD_LETTER_TRIM), 0, None
+    while freed < excess:
+        rows = conn.execute("SELECT rejected_id, length(CAST(raw_body AS BLOB)) FROM rejected "
+                            "WHERE rejected_id > ?1 AND rejected_id < ?2 "
+                            "ORDER BY rejected_id LIMIT 256", (last or 0, newest)).fetchall()
+        if not rows:
+            break                               # only the newest is left: it stays
+        for rejected_id, size in rows:
+            last, freed = rejected_id, freed + size
+            if freed >= excess:
+                break
+    if last is not None:
+        conn.execute("DELETE FROM rejected WHERE rejected_id <= ?", (last,))
 
 
 # ============================================================================================
@@ -2713,7 +2756,7 @@ def export_signals_csv(db, out):
     return n
 
 
-def import_lines(db, lines, *, now, progress=None):
+def import_lines(db, lines, *, now, progress=None, limits=None):
     """Ingest NDJSON: exported request lines (their received_at kept) or raw bodies (arriving
     now). Idempotent: a raw line whose events are all stored already writes nothing; an
     exported line writes nothing when that very request is stored (see _already_known)."""
@@ -2743,7 +2786,7 @@ def import_lines(db, lines, *, now, progress=None):
             counts["known"] += 1
         except Rejected as e:
             counts["rejected"] += 1
-            reject(db, raw, e, now=now, path="/import")
+            reject(db, raw, e, now=now, path="/import", **(limits or {}))
         if progress:
             progress(number, counts)
     return counts
@@ -2769,6 +2812,8 @@ def metrics_text(db, now, job_failures=None):
     family("sigsync_rejected_total", "counter", "Requests refused, by reason.",
            [({"reason": k.split(":", 1)[1]}, v) for k, v in sorted(counters.items())
             if k.startswith("rejected:")])
+    family("sigsync_dead_letter_bytes", "gauge", "Bytes of request bodies kept as dead letters "
+           "(bounded by max_dead_letter_bytes).", [({}, counters.get("dead_letter_bytes", 0))])
     runs = {r["outcome"]: r for r in db.query(
         "SELECT outcome, count(*) AS n, coalesce(sum((julianday(finished_at) - "
         "julianday(started_at)) * 86400), 0) AS seconds FROM sync_runs GROUP BY outcome")}
@@ -3208,7 +3253,7 @@ def make_app(db, clock, config):
             try:
                 reject(db, kept, error, now=now, peer=peer, path=path,
                        content_type=content_type, size=max(length, len(raw)),
-                       max_dead_letters=config.max_dead_letters)
+                       **dead_letter_limits(config))
             except StorageUnavailable as storage:
                 log.error("what=webhook outcome=unavailable reason=%s peer=%s", storage.message,
                           peer)
@@ -3227,7 +3272,7 @@ def make_app(db, clock, config):
             try:
                 reject(db, raw[:config.max_body], error, now=now, peer=peer, path=path,
                        content_type=content_type, size=len(raw),
-                       max_dead_letters=config.max_dead_letters)
+                       **dead_letter_limits(config))
             except SigsyncError:
                 pass
             return _error_response(error)
@@ -3766,7 +3811,8 @@ def cmd_import(args, config, clock):
     try:
         stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
         with stream:
-            counts = import_lines(db, stream, now=clock.now(), progress=progress)
+            counts = import_lines(db, stream, now=clock.now(), progress=progress,
+                                  limits=dead_letter_limits(config))
         if tty:
             sys.stderr.write("\n")
         # What the loop would do next, done now: the imported trades get their fills (and

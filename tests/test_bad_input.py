@@ -473,3 +473,21 @@ def test_dead_letters_are_bounded_keeping_the_newest(server):
         assert len(kept) <= 50
         assert [bytes(r["raw_body"]) for r in kept] == sent[-len(kept):]
         assert len(kept) == 50
+
+
+def test_dead_letters_are_bounded_in_bytes_under_a_flood_of_large_bodies(server):
+    """Rows alone would let 10,000 bodies of 64 KiB (640 MiB) pile up: the byte bound holds
+    the table to what the operator allowed, keeping the newest."""
+    s = server("--max-dead-letter-bytes", "100000")
+    sent = [b"not json #%03d " % i + b"x" * 8000 for i in range(60)]      # 480 kB in all
+    for body in sent:
+        status, answer = s.post(body, content_type="text/plain")
+        assert status == 400 and answer["error"]["code"] == "invalid_json"
+    with open_database(s.db_path) as db:
+        kept = [bytes(r["raw_body"]) for r in
+                db.query("SELECT raw_body FROM rejected ORDER BY rejected_id")]
+        assert kept == sent[-len(kept):] and 9 <= len(kept) <= 12
+        assert sum(map(len, kept)) <= 100000
+    status, metrics = s.get("/metrics")
+    assert status == 200
+    assert f"\nsigsync_dead_letter_bytes {sum(map(len, kept))}\n" in metrics.decode()

@@ -285,6 +285,50 @@ def test_dead_letters_stay_within_their_bound(db, clock):
     assert [bytes(r["raw_body"]) for r in rows] == [b"x%d" % i for i in range(20, 30)]
     assert db.query("SELECT value FROM counters WHERE name = 'rejected:invalid_json'")[0][
         "value"] == 30
+    assert dead_letter_bytes(db) == sum(len(r["raw_body"]) for r in rows)
+
+
+def dead_letter_bytes(db):
+    return db.query("SELECT value FROM counters WHERE name = 'dead_letter_bytes'")[0]["value"]
+
+
+def test_dead_letters_stay_within_their_byte_bound_keeping_the_newest(db, clock):
+    """Over the bound, the oldest go until the bodies hold 90 % of it (not one body less):
+    whatever the sizes, what is kept is the newest ones, within the bound."""
+    error = sigsync.Rejected("bad", "invalid_json")
+    sent = [b"%03d" % i + b"x" * (40 + (i * 37) % 160) for i in range(120)]
+    for i, raw in enumerate(sent):
+        sigsync.reject(db, raw, error, now=clock.now(), max_dead_letter_bytes=1000)
+        kept = [bytes(r["raw_body"]) for r in
+                db.query("SELECT raw_body FROM rejected ORDER BY rejected_id")]
+        total = sum(map(len, kept))
+        assert kept == sent[i + 1 - len(kept):i + 1]               # the newest, in order
+        assert total == dead_letter_bytes(db) <= 1000
+        if len(kept) <= i:                                          # some were dropped
+            assert total + len(sent[i - len(kept)]) > 900           # by the oldest, no more
+    assert 5 < len(kept) < 20
+
+
+def test_a_dead_letter_over_the_byte_bound_alone_is_kept_alone(db, clock):
+    error = sigsync.Rejected("bad", "invalid_json")
+    for raw in (b"a" * 300, b"b" * 300, b"c" * 2000):
+        sigsync.reject(db, raw, error, now=clock.now(), max_dead_letter_bytes=1000)
+    assert [bytes(r["raw_body"]) for r in db.query("SELECT raw_body FROM rejected")] == [
+        b"c" * 2000]
+    assert dead_letter_bytes(db) == 2000
+    sigsync.reject(db, b"d" * 10, error, now=clock.now(), max_dead_letter_bytes=1000)
+    assert [bytes(r["raw_body"]) for r in db.query("SELECT raw_body FROM rejected")] == [
+        b"d" * 10]
+
+
+def test_the_byte_count_follows_an_operators_delete(db, clock):
+    error = sigsync.Rejected("bad", "invalid_json")
+    for raw in (b"a" * 30, b"b" * 50, "é".encode() * 10):       # bytes, not characters
+        sigsync.reject(db, raw, error, now=clock.now())
+    assert dead_letter_bytes(db) == 100
+    with db.write() as conn:
+        conn.execute("DELETE FROM rejected WHERE body_size = 50")
+    assert dead_letter_bytes(db) == 50
 
 
 def test_event_log_is_append_only_through_ingest(db, clock):

@@ -171,6 +171,8 @@ def test_metrics_parse_and_move_when_events_arrive(server, tmp_path):
     assert after[("sigsync_events_total", (("type", "ENTRY"),))] == 1
     assert after[("sigsync_duplicates_total", ())] == 1
     assert after[("sigsync_rejected_total", (("reason", "invalid_json"),))] == 1
+    assert before[("sigsync_dead_letter_bytes", ())] == 0
+    assert after[("sigsync_dead_letter_bytes", ())] == len(b"{broken")
     assert after[("sigsync_sync_runs_total", (("outcome", "ok"),))] >= 1
     assert after[("sigsync_sync_duration_seconds_count", ())] >= 1
     assert after[("sigsync_open_gaps", (("gap", "no_signal_created"),
@@ -255,23 +257,29 @@ def test_the_readme_first_command_demo_then_serve_shows_a_populated_page(server,
 
 
 def test_a_version_1_database_is_migrated_in_place_and_keeps_its_log(tmp_path):
-    """0.2 databases (user_version 1) had two more indexes on the log and no event_repeats
-    (added in 0.5, user_version 3); opening one drops the indexes, adds the table, keeps every
-    row, and the webhook path works on it."""
+    """0.2 databases (user_version 1) had two more indexes on the log, no event_repeats (added
+    in 0.5, user_version 3) and no count of the dead letters' bytes (0.5.3, user_version 4);
+    opening one drops the indexes, adds the table, counts the bytes, keeps every row, and the
+    webhook path works on it."""
     path = tmp_path / "v1.db"
     with open_database(path) as db:
         sigsync.demo(db, start=START)
         with db.write() as conn:
             conn.execute("CREATE INDEX requests_received ON requests(received_at);"
                          "CREATE INDEX events_type_received ON events(event_type, received_at);"
-                         "DROP TABLE event_repeats; PRAGMA user_version = 1")
+                         "DROP TABLE event_repeats; PRAGMA user_version = 1;"
+                         "DELETE FROM counters WHERE name = 'dead_letter_bytes'")
         before = db.query("SELECT count(*) AS n FROM events")[0]["n"]
     with open_database(path) as db:
         indexes = {r["name"] for r in db.query(
             "SELECT name FROM sqlite_schema WHERE type = 'index' AND name NOT LIKE 'sqlite_%'")}
         assert not indexes & {"requests_received", "events_type_received"}
         assert "requests_source_received" in indexes
-        assert db.query("PRAGMA user_version")[0]["user_version"] == sigsync.schema_version() == 3
+        assert db.query("PRAGMA user_version")[0]["user_version"] == sigsync.schema_version() == 4
+        kept = db.query("SELECT raw_body FROM rejected")
+        assert len(kept) == 2 and db.query(
+            "SELECT value FROM counters WHERE name = 'dead_letter_bytes'")[0]["value"] == sum(
+            len(r["raw_body"]) for r in kept)
         assert db.query("SELECT count(*) AS n FROM events")[0]["n"] == before
         assert db.query("PRAGMA integrity_check")[0]["integrity_check"] == "ok"
         body = json.dumps({"event_type": "MFE_UPDATE", "trade_id": "20251215_094200000_BULLISH",
