@@ -1830,10 +1830,13 @@ def _derive_status(row):
     # better confirmation_time that ends the contradiction ends the conflict too. Estimates
     # prove nothing here (the pass's confirmation_time is an upper bound, an inferred exit
     # time a price sample's arrival).
-    if row["exit_sl_at"] and row["confirmation_time"] and _received(row, "exit_sl_at") \
-            and _received(row, "confirmation_time") \
-            and row["exit_sl_at"] < row["confirmation_time"]:
-        row["conflicts"]["exit_before_entry"] = {"exit_sl_at": row["exit_sl_at"],
+    # Any exit counts: a stop, a target or the BE leg's stop (the earliest received one).
+    exits = [(row[f], f) for f in ("exit_sl_at", "exit_tp_at", "exit_be_at")
+             if row[f] and _received(row, f)]
+    first = min(exits) if exits else None
+    if first and row["confirmation_time"] and _received(row, "confirmation_time") \
+            and first[0] < row["confirmation_time"]:
+        row["conflicts"]["exit_before_entry"] = {first[1]: first[0],
                                                  "confirmation_time": row["confirmation_time"]}
     else:
         row["conflicts"].pop("exit_before_entry", None)

@@ -244,6 +244,22 @@ def test_exit_before_entry_is_judged_on_the_final_values_whatever_the_order():
     assert finals[0] == finals[1] == finals[2]
 
 
+@pytest.mark.parametrize("exit_type,field", [("EXIT_TP", "exit_tp_at"),
+                                              ("EXIT_BE", "exit_be_at")])
+def test_a_target_or_break_even_exit_before_the_entry_is_a_conflict_too(exit_type, field):
+    base = {"trade_id": "20251215_094200000_BULLISH", "direction": "Bullish",
+            "symbol": "MNQ1!", "entry_price": 25680.0, "stop_loss": 25640.0}
+    entry = {**base, "event_type": "ENTRY", "confirmation_time": "2025-12-15T10:05:00"}
+    exit_ = {**base, "event_type": exit_type, "exit_price": 25720.0}
+    for order in ([exit_, entry], [entry, exit_]):
+        row, _ = deliver(order, step=0)               # the exit arrives at 15:00Z, before 15:05Z
+        assert row["conflicts"]["exit_before_entry"] == {
+            field: "2025-12-15T15:00:00.000Z", "confirmation_time": "2025-12-15T15:05:00.000Z"}
+    on_time = {**entry, "confirmation_time": "2025-12-15T09:55:00"}
+    row, _ = deliver([exit_, on_time], step=0)
+    assert "exit_before_entry" not in row["conflicts"]
+
+
 def test_permutations_of_the_fixture_lifecycle_agree():
     """The original indicator's own five alerts for one trade, in all 120 orders."""
     import itertools
