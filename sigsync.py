@@ -1980,7 +1980,7 @@ def open_gaps(db, now, *, gap=None, severity=None, trade_id=None, limit=1000, se
             clauses.append(f"{name} = :{name}")
             params[name] = value
     where = ("WHERE " + " AND ".join(clauses) if clauses else "") + \
-        " ORDER BY severity DESC, gap, trade_id LIMIT :limit"
+        " ORDER BY severity = 'abnormal' DESC, gap, trade_id LIMIT :limit"
     rows = health_query(db, "v_signal_gaps", now, where, params, settings=settings)
     for r in rows:
         r["evidence"] = json.loads(r["evidence"]) if r["evidence"] else None
@@ -2105,9 +2105,12 @@ def _tier2_calculation(row, ctx):
     risk = abs(entry - stop) if entry is not None and stop is not None else None
     if confirmed and risk:
         targets = {str(k): round(entry + sign * k * risk, 6) for k in TARGET_MULTIPLES}
+        # update: an identity follows its inputs (a late ENTRY's price replaces an MFE
+        # element's), but never a received targets_extended
         changes += estimate(row, "targets_extended", targets, "calculated", 1.0, "tier2",
                             "entry ± k·risk by direction (an identity)",
-                            {"entry_price": entry, "stop_loss": stop, "direction": direction})
+                            {"entry_price": entry, "stop_loss": stop, "direction": direction},
+                            update=True)
     entry_event = fs["first"].get("ENTRY")
     if confirmed and entry_event and len(entry_event) > 2:
         changes += estimate(row, "confirmation_time", entry_event[2], "calculated", 0.8, "tier2",
@@ -2377,7 +2380,7 @@ DERIVED_TABLES = ("signals", "bars", "symbol_prices", "symbol_activity", "signal
                   "health_hours", "health_gap_counts", "signal_counts")
 
 
-def rebuild(db, *, now):
+def rebuild(db, *, now, fresh_seconds=PRICE_FRESH_SECONDS):
     """Recompute every derived table from the event log, then run one full pass.
 
     The fold runs in one transaction; the pass re-makes the estimates as of the last live pass
@@ -2388,7 +2391,7 @@ def rebuild(db, *, now):
                     "AND trigger <> 'rebuild'")[0]["at"]
     as_of = from_iso(last) if last else now   # judge freshness as the live loop last did
     result = refold(db, now=now)
-    run = sync_once(db, now=as_of, trigger="rebuild", full=True)
+    run = sync_once(db, now=as_of, trigger="rebuild", full=True, fresh_seconds=fresh_seconds)
     return {**result, "changes": run["changes"]}
 
 
@@ -3914,7 +3917,7 @@ def cmd_signals(args, config, clock):
 def cmd_rebuild(args, config, clock):
     db = open_db(config.db)
     try:
-        result = rebuild(db, now=clock.now())
+        result = rebuild(db, now=clock.now(), fresh_seconds=config.price_fresh_seconds)
     finally:
         db.close()
     print(f"rebuilt {result['signals']} signals from {result['events']} events; "

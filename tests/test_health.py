@@ -482,6 +482,18 @@ def test_health_and_gaps_commands_apply_threshold_flags(tmp_path, capsys, monkey
     assert json.loads(capsys.readouterr().out) == []            # nothing was stored
 
 
+def test_open_gaps_come_abnormal_first_so_a_limit_keeps_them(db, clock):
+    send(db, clock, **created(OTHER))                    # pending: stale_pending (expected)
+    send(db, clock, **entry())                           # an open trade with abnormal gaps
+    at(clock, 7200)
+    rows = sigsync.open_gaps(db, clock.now())
+    assert {"abnormal", "expected"} <= {r["severity"] for r in rows}
+    [first] = sigsync.open_gaps(db, clock.now(), limit=1)
+    assert first["severity"] == "abnormal"
+    assert [r["severity"] for r in rows] == sorted((r["severity"] for r in rows),
+                                                   key=lambda sev: sev != "abnormal")
+
+
 def test_gaps_json_lists_rows_with_parsed_evidence(tmp_path, capsys):
     path = str(tmp_path / "gaps.db")
     trade = _recent_open_trade(path, START, seconds_ago=0)
@@ -491,7 +503,8 @@ def test_gaps_json_lists_rows_with_parsed_evidence(tmp_path, capsys):
     assert {r["gap"] for r in rows} >= {"no_confirmation_time", "no_targets"}
     assert all(set(r) == {"trade_id", "gap", "severity", "since", "filled_by", "weight",
                           "evidence"} for r in rows)
-    assert [r["severity"] for r in rows] == sorted((r["severity"] for r in rows), reverse=True)
+    assert [r["severity"] for r in rows] == sorted((r["severity"] for r in rows),
+                                                   key=lambda sev: sev != "abnormal")
 
 
 def test_sync_json_reports_the_run(tmp_path, capsys):

@@ -65,6 +65,24 @@ def test_tier2_targets_extended_are_an_exact_identity(db, clock):
     assert prov(row, "targets_extended") == ["calculated", 1.0]
 
 
+def test_tier2_targets_follow_a_better_entry_and_stop(db, clock):
+    """An MFE element's entry and stop give targets; the late ENTRY's own values replace them."""
+    send(db, clock, event_type="MFE_UPDATE", trade_id=BULL, symbol="MNQ1!", direction="Bullish",
+         entry_price=25700.0, stop_loss=25690.0, no_be_mfe=0.1, mae_global_r=-0.1)
+    sigsync.sync_once(db, now=clock.advance(10))
+    assert signal_row(db, BULL)["targets_extended"]["1"] == 25710.0
+    send(db, clock, **entry(BULL))                  # 25680 / 25640: risk 40
+    sigsync.sync_once(db, now=clock.advance(10))
+    row = signal_row(db, BULL)
+    assert (row["entry_price"], row["risk"]) == (25680.0, 40.0)
+    assert row["targets_extended"] == {"1": 25720.0, "2": 25760.0, "3": 25800.0,
+                                       "5": 25880.0, "10": 26080.0, "20": 26480.0}
+    moves = [a for a in audit(db, BULL) if a["field"] == "targets_extended"]
+    assert [json.loads(a["new_value"])["1"] for a in moves] == [25710.0, 25720.0]
+    assert json.loads(moves[1]["old_value"])["1"] == 25710.0 and moves[1]["tier"] == "tier2"
+    assert sigsync.sync_once(db, now=clock.advance(10))["changes"] == 0
+
+
 def test_tier2_confirmation_time_is_bounded_by_the_entry_arrival(db, clock):
     clock.advance(180)
     send(db, clock, **entry(BULL))
