@@ -118,6 +118,9 @@
     }
   }
 
+  // Alerts whose event_timestamp is the triangle's time (SPEC 1.4), not the bar they report.
+  const TRIANGLE_STAMPED = /^(ENTRY|BE_TRIGGERED|EXIT_[A-Z]+)$/;
+
   const STATUS_CLASSES = new Set(["PENDING", "ACTIVE", "EXITED", "CANCELLED"]);
   // The break-even leg: "BE" once it has triggered (its stop is now the entry), "BE✓" once it
   // was stopped after triggering. An EXIT_SL before any trigger also stops the leg (SPEC §2),
@@ -532,6 +535,12 @@
       el("td", { class: "num" }, String(n.expected || 0))));
     if (!gapRows.length) gapRows.push(el("tr", null, el("td", { colspan: 3, class: "muted" }, "No open gaps")));
     $("gaps-body").replaceChildren(...gapRows);
+    const recent = health.score_window !== "all";
+    $("gaps-window").textContent = recent ? `(signals of the last ${health.score_window})` : "(all signals)";
+    const all = (health.windows || {}).all || {};
+    $("gaps-all").textContent = recent
+      ? `All time: ${all.abnormal_gaps ?? 0} abnormal, ${all.expected_gaps ?? 0} expected (sqlite3 or /api/gaps for the list)`
+      : "";
 
     $("dead-count").textContent = rejected.total ? `(${rejected.total})` : "";
     const deadItems = (rejected.rejected || []).map((r) => el("li", null,
@@ -762,7 +771,11 @@
         const li = el("li", { class: /^[A-Z_]+$/.test(e.event_type) ? `ev-${e.event_type}` : "", dataset: { eventType: e.event_type, eventId: String(e.event_id) } },
           el("span", { class: "etype" }, e.event_type),
           el("span", { class: "when" }, "received ", timeEl(e.received_at)),
-          e.event_time ? el("span", { class: "when" }, "bar ", timeEl(e.event_time)) : null,
+          e.event_time ? (TRIANGLE_STAMPED.test(e.event_type)
+            ? el("span", { class: "when", title: "event_timestamp as sent: on ENTRY, BE and EXIT alerts the " +
+                "original indicator sends the triangle's time (possibly another trade's), not the bar it reports" },
+              "sent as ", timeEl(e.event_time))
+            : el("span", { class: "when" }, "bar ", timeEl(e.event_time))) : null,
           e.batch_index !== null && e.batch_index !== undefined ? el("span", { class: "when" }, `batch #${e.batch_index}`) : null,
           e.source ? el("span", { class: "when" }, `via ${e.source}`) : null);
         li.append(collapsible(`raw-${e.event_id}`, `Raw body${e.content_type ? ` (${e.content_type})` : ""}`,
@@ -844,7 +857,9 @@
     for (const k of [1, 2, 3]) {
       line(targets[`tp${k}_price`] ?? ext[String(k)], "#26a69a", `${k}R`, 2);
     }
-    if (f("be_triggered_at") || detail.be_state !== "NONE") line(f("be_exit_price") ?? entry, "#f0b429", "BE", 1);
+    // as the status badge: an EXIT_SL before any trigger stops the leg, but it never armed
+    const armed = f("be_triggered_at") || f("exit_be_at") || (f("no_be_mfe") ?? 0) >= 1.0;
+    if (armed) line(f("be_exit_price") ?? entry, "#f0b429", "BE", 1);
     line(f("exit_price"), "#c7b8ff", "Exit", 0);
 
     const snap = (iso) => {              // a marker sits on the bar that holds its instant
@@ -872,6 +887,7 @@
   // ---------------------------------------------------------------------------------------------
   let timer = null;
   let running = null;
+  let lastLoaded = null;        // when every source last answered: what the page shows is from then
 
   function refresh() {
     if (running) return running;
@@ -886,7 +902,15 @@
     if (state.open) track("detail", loadDetail());
     running = Promise.all(jobs).then(() => {
       running = null;
-      $("updated").textContent = `Updated ${ny(new Date().toISOString())}`;
+      const stamp = $("updated");
+      if (errors.size === 0) {
+        lastLoaded = new Date().toISOString();
+        stamp.textContent = `Updated ${ny(lastLoaded)}`;
+      } else {
+        // Old data must not pass for fresh: the stamp stops, and says so
+        stamp.textContent = lastLoaded ? `Not updating: data as of ${ny(lastLoaded)}` : "Not loaded";
+      }
+      stamp.classList.toggle("stale", errors.size > 0);
       schedule();
     });
     return running;

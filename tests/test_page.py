@@ -339,6 +339,23 @@ def test_detail_shows_events_in_order_and_provenance_of_an_estimated_field(site,
     shot(page, "detail.png")
 
 
+def test_timeline_does_not_call_a_lifecycle_alerts_triangle_time_its_bar(site, open_page):
+    """SPEC 1.4: on ENTRY, BE and EXIT alerts event_timestamp is the triangle's time (maybe
+    another trade's); only BAR-like events (MFE updates, SIGNAL_CREATED) carry their bar."""
+    trade_id = rows(site, "SELECT trade_id FROM events WHERE event_type = 'ENTRY' "
+                          "AND event_time IS NOT NULL AND trade_id IN (SELECT trade_id FROM "
+                          "events WHERE event_type = 'MFE_UPDATE' AND event_time IS NOT NULL) "
+                          "ORDER BY event_id LIMIT 1")[0]["trade_id"]
+    page = open_page()
+    page.goto(site.url + f"/#open={trade_id}")
+    entry = page.locator('#timeline > li[data-event-type="ENTRY"]').first
+    expect(entry).to_contain_text("sent as ")
+    expect(entry).not_to_contain_text("bar ")
+    mfe = page.locator('#timeline > li[data-event-type="MFE_UPDATE"]').first
+    expect(mfe).to_contain_text("bar ")
+    expect(mfe).not_to_contain_text("sent as ")
+
+
 def test_break_even_mark_only_for_a_leg_that_triggered(site, open_page):
     # SPEC §2: an EXIT_SL before any trigger also leaves the BE leg STOPPED; the page must not
     # mark that stop-out "BE✓" as if the trade had left at break-even
@@ -455,6 +472,13 @@ def test_health_panel_shows_the_score_of_the_api(site, open_page):
             expect(page.locator("#health-conditions .cond-active")).to_contain_text(
                 [c["condition"].replace("_", " ").capitalize()])
     expect(page.locator("#history-chart canvas").first).to_be_visible()
+    recent = health["score_window"] != "all"
+    expect(page.locator("#gaps-window")).to_have_text(
+        f"(signals of the last {health['score_window']})" if recent else "(all signals)")
+    every = health["windows"]["all"]
+    if recent:
+        expect(page.locator("#gaps-all")).to_contain_text(
+            f"All time: {every['abnormal_gaps']} abnormal, {every['expected_gaps']} expected")
     _, dead = site.get("/api/rejected?limit=5")
     expect(page.locator("#dead-count")).to_have_text(f"({dead['total']})")
 
@@ -501,6 +525,32 @@ def test_new_webhook_appears_without_reload_keeping_filter_detail_and_focus(site
     expect(page.locator("#detail-close")).to_be_focused()
     expect(row(page, pending["trade_id"]).locator(".status")).to_have_text("ACTIVE")
     assert navigations == []                                       # no reload happened
+
+
+def test_an_outage_stops_the_updated_stamp_and_shows_over_the_detail(site, open_page):
+    """When the API stops answering, old data must not pass for fresh: the stamp stops and
+    says so, and the error shows above an open detail, on a phone too."""
+    trade_id = newest_first(site, limit=1)[0]
+    page = open_page(width=390, height=844, expected=("Failed to load resource",
+                                                      "net::ERR_FAILED"))
+    page.goto(site.url + f"/#open={trade_id}")
+    expect(page.locator("#detail")).to_be_visible()
+    expect(page.locator("#updated")).to_contain_text("Updated ")
+    page.route("**/api/**", lambda route: route.abort())
+    page.evaluate("document.dispatchEvent(new Event('visibilitychange'))")   # refresh now
+    expect(page.locator("#updated")).to_contain_text("Not updating: data as of ", timeout=15000)
+    expect(page.locator("#updated")).to_have_class(re.compile(r"\bstale\b"))
+    banner = page.locator("#error")
+    expect(banner).to_be_visible()
+    box = banner.bounding_box()
+    on_top = page.evaluate("([x, y]) => document.elementFromPoint(x, y).closest('#error') "
+                           "!== null", [box["x"] + box["width"] / 2, box["y"] + box["height"] / 2])
+    assert on_top, "the error banner is hidden under the detail"
+    page.unroute("**/api/**")
+    page.evaluate("document.dispatchEvent(new Event('visibilitychange'))")
+    expect(page.locator("#updated")).to_contain_text("Updated ", timeout=15000)
+    expect(page.locator("#updated")).not_to_have_class(re.compile(r"\bstale\b"))
+    expect(banner).to_be_hidden()
 
 
 def test_keyboard_tab_to_a_row_enter_opens_escape_closes(site, open_page):
