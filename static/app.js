@@ -961,23 +961,42 @@
   function wire() {
     const form = $("filters");
     form.addEventListener("submit", (e) => e.preventDefault());
-    let debounce = null;
+    // A typed filter waits 300 ms for the next key, each on its own timer; any other filter
+    // applied meanwhile takes the typed values with it, so none is dropped.
+    const pending = new Map();          // filter name -> timer of a typed value not applied yet
+    const flush = () => {
+      for (const [n, t] of pending) {
+        clearTimeout(t);
+        state.filters[n] = $(`f-${n}`).value.trim();
+      }
+      pending.clear();
+    };
     for (const name of FILTERS) {
       const input = $(`f-${name}`);
       const typed = input.tagName === "INPUT" && input.type !== "date";
       input.addEventListener(typed ? "input" : "change", () => {
-        clearTimeout(debounce);
-        if (typed) debounce = setTimeout(() => setFilter(name, input.value.trim()), 300);
-        else setFilter(name, input.value);
+        if (typed) {
+          clearTimeout(pending.get(name));
+          pending.set(name, setTimeout(() => { pending.delete(name); setFilter(name, input.value.trim()); }, 300));
+        } else {
+          flush();
+          setFilter(name, input.value);
+        }
       });
       if (typed) {
         input.addEventListener("keydown", (e) => {
-          if (e.key === "Enter") { clearTimeout(debounce); setFilter(name, input.value.trim()); }
+          if (e.key !== "Enter") return;
+          clearTimeout(pending.get(name));
+          pending.delete(name);
+          flush();
+          setFilter(name, input.value.trim());
         });
       }
     }
     $("f-reset").addEventListener("click", (e) => {
       e.preventDefault();
+      for (const t of pending.values()) clearTimeout(t);
+      pending.clear();
       for (const k of FILTERS) state.filters[k] = "";
       for (const k of FILTERS) $(`f-${k}`).value = "";
       state.cursors = [null];

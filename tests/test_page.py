@@ -276,6 +276,24 @@ def test_each_filter_shows_the_rows_the_database_holds(site, open_page):
         expect(trade_ids(page)).to_have_text(all_ids)
 
 
+def test_a_filter_typed_just_before_another_is_applied_with_it(site, open_page):
+    """The typed symbol is still waiting for its next key when the direction changes: both
+    must apply (one shared timer used to drop the typed one)."""
+    other = rows(site, "SELECT symbol, direction FROM signals WHERE symbol <> 'MNQ1!' "
+                       "AND direction IS NOT NULL ORDER BY id_time LIMIT 1")[0]
+    expected = newest_first(site, "symbol = ? AND direction = ?",
+                            (other["symbol"], other["direction"]))
+    assert expected and expected != newest_first(site, "direction = ?", (other["direction"],))
+    page = open_page()
+    page.goto(site.url + "/")
+    expect(trade_ids(page)).to_have_text(newest_first(site))
+    page.fill("#f-symbol", other["symbol"])
+    page.select_option("#f-direction", other["direction"])         # within the 300 ms
+    expect(trade_ids(page)).to_have_text(expected)
+    assert "symbol=" in page.url and "direction=" in page.url
+    expect(page.locator("#f-symbol")).to_have_value(other["symbol"])
+
+
 def test_cancelled_tab_lists_cancelled_signals_with_their_source(site, open_page):
     page = open_page()
     page.goto(site.url + "/#view=cancelled")
