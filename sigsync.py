@@ -44,7 +44,7 @@ import apsw
 import bottle
 import schedule
 
-__version__ = "0.5.2"
+__version__ = "0.5.3"
 HERE = os.path.dirname(os.path.abspath(__file__))
 log = logging.getLogger("sigsync")
 
