@@ -947,9 +947,11 @@
     else refresh();
   }
 
-  function setFilter(name, value) {
-    if (state.filters[name] === value) return;
-    state.filters[name] = value;
+  // Apply {filter: value, ...}; one reload when any of them changes.
+  function setFilters(changes) {
+    const changed = Object.entries(changes).filter(([k, v]) => state.filters[k] !== v);
+    if (!changed.length) return;
+    for (const [k, v] of changed) state.filters[k] = v;
     state.cursors = [null];
     state.cCursors = [null];
     reload();
@@ -964,12 +966,14 @@
     // A typed filter waits 300 ms for the next key, each on its own timer; any other filter
     // applied meanwhile takes the typed values with it, so none is dropped.
     const pending = new Map();          // filter name -> timer of a typed value not applied yet
-    const flush = () => {
+    const takeTyped = () => {           // the typed values still waiting, their timers stopped
+      const typed = {};
       for (const [n, t] of pending) {
         clearTimeout(t);
-        state.filters[n] = $(`f-${n}`).value.trim();
+        typed[n] = $(`f-${n}`).value.trim();
       }
       pending.clear();
+      return typed;
     };
     for (const name of FILTERS) {
       const input = $(`f-${name}`);
@@ -977,26 +981,20 @@
       input.addEventListener(typed ? "input" : "change", () => {
         if (typed) {
           clearTimeout(pending.get(name));
-          pending.set(name, setTimeout(() => { pending.delete(name); setFilter(name, input.value.trim()); }, 300));
+          pending.set(name, setTimeout(() => { pending.delete(name); setFilters({ [name]: input.value.trim() }); }, 300));
         } else {
-          flush();
-          setFilter(name, input.value);
+          setFilters({ ...takeTyped(), [name]: input.value });
         }
       });
       if (typed) {
         input.addEventListener("keydown", (e) => {
-          if (e.key !== "Enter") return;
-          clearTimeout(pending.get(name));
-          pending.delete(name);
-          flush();
-          setFilter(name, input.value.trim());
+          if (e.key === "Enter") setFilters({ ...takeTyped(), [name]: input.value.trim() });
         });
       }
     }
     $("f-reset").addEventListener("click", (e) => {
       e.preventDefault();
-      for (const t of pending.values()) clearTimeout(t);
-      pending.clear();
+      takeTyped();                      // dropped: every filter is cleared
       for (const k of FILTERS) state.filters[k] = "";
       for (const k of FILTERS) $(`f-${k}`).value = "";
       state.cursors = [null];
@@ -1013,7 +1011,7 @@
       b.addEventListener("click", () => {
         if (state.view !== "signals") { state.view = "signals"; showView(); }
         $("f-status").value = b.dataset.status;
-        setFilter("status", b.dataset.status);
+        setFilters({ ...takeTyped(), status: b.dataset.status });
       });
     }
     $("next").addEventListener("click", () => {

@@ -292,6 +292,12 @@ def test_a_filter_typed_just_before_another_is_applied_with_it(site, open_page):
     expect(trade_ids(page)).to_have_text(expected)
     assert "symbol=" in page.url and "direction=" in page.url
     expect(page.locator("#f-symbol")).to_have_value(other["symbol"])
+    page.click("#f-reset")
+    expect(trade_ids(page)).to_have_text(newest_first(site))
+    page.fill("#f-symbol", other["symbol"])
+    page.press("#f-q", "Enter")                 # an unchanged box: the typed symbol still applies
+    expect(trade_ids(page)).to_have_text(newest_first(site, "symbol = ?", (other["symbol"],)))
+    assert "symbol=" in page.url                # applied as a filter, not just seen by a refresh
 
 
 def test_cancelled_tab_lists_cancelled_signals_with_their_source(site, open_page):
