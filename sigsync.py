@@ -24,6 +24,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import heapq
+import html
 import hmac
 import ipaddress
 import itertools
@@ -166,7 +167,17 @@ def load_config(args=None, environ=None):
         values[s.name] = s.default if raw is None else raw
         if values[s.name] is not None:
             values[s.name] = _parse_setting(s, values[s.name])
+    _check_time_zone(values["display_tz"])
     return Config(**values)
+
+
+def _check_time_zone(name):
+    """--display-tz must name a zone of the IANA database: the page shows every time in it."""
+    try:
+        zoneinfo.ZoneInfo(str(name))
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"display_tz: {name!r} is not a time zone of the IANA database "
+                         "(e.g. America/New_York, Europe/London, UTC)") from None
 
 
 def _is_loopback(host):
@@ -3406,10 +3417,17 @@ def make_app(db, clock, config):
 
     # The page: static files, no build step. Served without the read token (they hold no
     # data); the page sends the token it was opened with to the API.
+    # The page shows times in the configured zone: index.html names it in a meta tag.
+    with open(os.path.join(STATIC_DIR, "index.html"), encoding="utf-8") as f:
+        index_html = f.read().replace(
+            '<meta name="sigsync-display-tz" content="America/New_York">',
+            f'<meta name="sigsync-display-tz" content="{html.escape(config.display_tz)}">')
+
     @app.get("/")
     def page_index():
-        return bottle.static_file("index.html", root=STATIC_DIR,
-                                  headers={"Cache-Control": "no-cache"})
+        bottle.response.set_header("Cache-Control", "no-cache")
+        bottle.response.content_type = "text/html; charset=utf-8"
+        return index_html
 
     @app.get("/static/<path:path>")
     def page_static(path):

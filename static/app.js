@@ -5,7 +5,8 @@
 
 (() => {
   const POLL_MS = 5000;
-  const NY = "America/New_York";
+  // The zone every time is shown in: `--display-tz`, named by the server in index.html.
+  const TZ = document.querySelector('meta[name="sigsync-display-tz"]')?.content || "America/New_York";
   const HTF_KEYS = ["daily", "h4", "h1", "m15", "m5", "m1"];
   const FILTERS = ["status", "direction", "session", "symbol", "since", "until", "q"];
   const TOKEN = new URLSearchParams(location.search).get("token");
@@ -36,32 +37,33 @@
   }
 
   // ---------------------------------------------------------------------------------------------
-  // Formatting: times in New York with the zone shown (EST/EDT), numbers as a desk reads them
+  // Formatting: times in the display zone with the zone shown (EST/EDT), numbers as a desk reads
+  // them
   // ---------------------------------------------------------------------------------------------
-  const nyParts = new Intl.DateTimeFormat("en-US", {
-    timeZone: NY, year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit",
+  const zoneParts = new Intl.DateTimeFormat("en-US", {
+    timeZone: TZ, year: "numeric", month: "2-digit", day: "2-digit", hour: "2-digit",
     minute: "2-digit", second: "2-digit", hourCycle: "h23", timeZoneName: "short",
   });
 
-  function ny(iso, withSeconds = true) {
+  function shown(iso, withSeconds = true) {
     if (!iso) return "—";
     const d = new Date(iso);
     if (Number.isNaN(d.getTime())) return String(iso);
     const p = {};
-    for (const part of nyParts.formatToParts(d)) p[part.type] = part.value;
+    for (const part of zoneParts.formatToParts(d)) p[part.type] = part.value;
     const time = withSeconds ? `${p.hour}:${p.minute}:${p.second}` : `${p.hour}:${p.minute}`;
     return `${p.year}-${p.month}-${p.day} ${time} ${p.timeZoneName}`;
   }
 
-  function nyShort(seconds) {                 // chart axis labels
+  function shownShort(seconds) {                 // chart axis labels
     const p = {};
-    for (const part of nyParts.formatToParts(new Date(seconds * 1000))) p[part.type] = part.value;
+    for (const part of zoneParts.formatToParts(new Date(seconds * 1000))) p[part.type] = part.value;
     return { date: `${p.month}-${p.day}`, time: `${p.hour}:${p.minute}`, zone: p.timeZoneName };
   }
 
   function timeEl(iso, withSeconds = true) {
     if (!iso) return el("span", { class: "nil" }, "—");
-    return el("time", { datetime: iso, title: `${iso} (UTC)` }, ny(iso, withSeconds));
+    return el("time", { datetime: iso, title: `${iso} (UTC)` }, shown(iso, withSeconds));
   }
 
   function ago(iso, nowIso) {
@@ -481,7 +483,7 @@
     if (!detail || typeof detail !== "object") return "";
     return Object.entries(detail)
       .filter(([, v]) => v !== null && v !== undefined)
-      .map(([k, v]) => `${k.replace(/_/g, " ")}: ${typeof v === "string" && /^\d{4}-\d\d-\d\dT/.test(v) ? ny(v) : valueText(v)}`)
+      .map(([k, v]) => `${k.replace(/_/g, " ")}: ${typeof v === "string" && /^\d{4}-\d\d-\d\dT/.test(v) ? shown(v) : valueText(v)}`)
       .join(" · ");
   }
 
@@ -568,11 +570,11 @@
       timeScale: {
         borderColor: "#243044", timeVisible: true, secondsVisible: false,
         tickMarkFormatter: (t, type) => {
-          const p = nyShort(t);
+          const p = shownShort(t);
           return type <= 2 ? p.date : p.time;     // Year, Month, DayOfMonth: a date; else a time
         },
       },
-      localization: { timeFormatter: (t) => { const p = nyShort(t); return `${p.date} ${p.time} ${p.zone}`; } },
+      localization: { timeFormatter: (t) => { const p = shownShort(t); return `${p.date} ${p.time} ${p.zone}`; } },
       crosshair: { mode: 0 },
     });
   }
@@ -905,10 +907,10 @@
       const stamp = $("updated");
       if (errors.size === 0) {
         lastLoaded = new Date().toISOString();
-        stamp.textContent = `Updated ${ny(lastLoaded)}`;
+        stamp.textContent = `Updated ${shown(lastLoaded)}`;
       } else {
         // Old data must not pass for fresh: the stamp stops, and says so
-        stamp.textContent = lastLoaded ? `Not updating: data as of ${ny(lastLoaded)}` : "Not loaded";
+        stamp.textContent = lastLoaded ? `Not updating: data as of ${shown(lastLoaded)}` : "Not loaded";
       }
       stamp.classList.toggle("stale", errors.size > 0);
       schedule();
@@ -961,6 +963,10 @@
   // Wiring
   // ---------------------------------------------------------------------------------------------
   function wire() {
+    // The zone's name where a heading says which zone its times are in: "New York", "London".
+    const place = TZ.includes("/") ? TZ.slice(TZ.lastIndexOf("/") + 1).replace(/_/g, " ") : TZ;
+    for (const span of document.querySelectorAll(".tz-name")) span.textContent = place;
+    $("tz-id").textContent = TZ;
     const form = $("filters");
     form.addEventListener("submit", (e) => e.preventDefault());
     // A typed filter waits 300 ms for the next key, each on its own timer; any other filter

@@ -577,6 +577,46 @@ def test_an_outage_stops_the_updated_stamp_and_shows_over_the_detail(site, open_
     expect(banner).to_be_hidden()
 
 
+@pytest.fixture(scope="module")
+def tokyo_site(tmp_path_factory):
+    """The demo served with --display-tz Asia/Tokyo (no DST: 14 h ahead of New York in
+    winter), its loop idle."""
+    path = tmp_path_factory.mktemp("tokyo") / "tokyo.db"
+    _build(path, lambda db: sigsync.demo(db, start=START))
+    server = Server(path, "--display-tz", "Asia/Tokyo", "--sync-seconds", "3600").start()
+    server.db_path = str(path)
+    yield server
+    server.stop()
+
+
+def test_times_are_shown_in_the_configured_display_zone(tokyo_site, open_page):
+    tokyo = dt.timezone(dt.timedelta(hours=9))
+    page = open_page()
+    page.goto(tokyo_site.url + "/")
+    newest = newest_first(tokyo_site, limit=1)[0]
+    expect(trade_ids(page).first).to_have_text(newest)
+    expect(page.locator("#signals-table thead")).to_contain_text("Time (Tokyo)")
+    expect(page.locator("#tz-id")).to_have_text("Asia/Tokyo")
+    cells = row(page, newest).locator("time")
+    assert cells.count() > 0
+    for k in range(cells.count()):
+        instant = sigsync.from_iso(cells.nth(k).get_attribute("datetime"))
+        text = cells.nth(k).inner_text()
+        assert text.startswith(instant.astimezone(tokyo).strftime("%Y-%m-%d %H:%M")), text
+        assert not text.startswith(instant.astimezone(NY).strftime("%Y-%m-%d %H:%M")), text
+    row(page, newest).click()
+    first = rows(tokyo_site, "SELECT received_at FROM events WHERE trade_id = ? "
+                             "ORDER BY event_id LIMIT 1", (newest,))[0]["received_at"]
+    stamp = sigsync.from_iso(first).astimezone(tokyo).strftime("%Y-%m-%d %H:%M:%S")
+    expect(page.locator("#timeline > li").first).to_contain_text(stamp)
+
+
+def test_an_unknown_display_zone_is_refused_at_start(tmp_path):
+    server = Server(tmp_path / "x.db", "--display-tz", "Mars/Olympus_Mons")
+    with pytest.raises(RuntimeError, match="display_tz: 'Mars/Olympus_Mons' is not a time zone"):
+        server.start()
+
+
 def test_keyboard_tab_to_a_row_enter_opens_escape_closes(site, open_page):
     page = open_page()
     page.goto(site.url + "/")
