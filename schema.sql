@@ -149,8 +149,15 @@ CREATE TABLE signals (
 CREATE INDEX signals_id_time ON signals(id_time DESC, trade_id DESC);
 CREATE INDEX signals_status ON signals(status, id_time DESC);
 CREATE INDEX signals_symbol ON signals(symbol, signal_time, trade_id);
--- The few signals a pass revisits by symbol: pending ones (alternation) and open trades (prices).
-CREATE INDEX signals_pending ON signals(symbol, signal_time) WHERE status = 'PENDING';
+-- The signals a pass compares by market (the symbol without its exchange prefix, the expression
+-- of symbol_key() in sigsync.py: 'CME_MINI:MNQ1!' and 'MNQ1!' are one market): the next opposite
+-- signal (alternation, SPEC 3.3) and the pending ones a new signal may cancel. A query uses these
+-- only when it repeats the expression exactly.
+CREATE INDEX signals_market ON signals(replace(substr(symbol, instr(symbol, ':') + 1), ' ', ''),
+                                       signal_time, trade_id);
+CREATE INDEX signals_pending ON signals(replace(substr(symbol, instr(symbol, ':') + 1), ' ', ''),
+                                        signal_time) WHERE status = 'PENDING';
+-- Open trades that a pass revisits by symbol (prices).
 CREATE INDEX signals_open ON signals(symbol) WHERE status = 'ACTIVE';
 
 -- Price bars by symbol, from BAR events (first received wins for a given bar).
@@ -319,7 +326,7 @@ CREATE TABLE counters (
     value INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 
-PRAGMA user_version = 4;
+PRAGMA user_version = 5;
 
 -- @views ---------------------------------------------------------------------------------------
 -- Re-created on every start: rules live here, data does not.
@@ -466,11 +473,22 @@ SELECT trade_id, 'stale_mfe',
   FROM signals WHERE status = 'ACTIVE'
 UNION ALL
 -- expected during the entry's first bar (plus first_bar_grace_seconds for the alert's trip),
--- abnormal after
+-- abnormal after. The bar's length as a date modifier, from TradingView's {{interval}}: "5" is
+-- minutes, "30S" seconds, "D"/"2D" days, "W" weeks, "M"/"3M" months; anything else counts as
+-- one minute. The same reading as timeframe_step() in sigsync.py.
 SELECT trade_id, 'no_mae', 'abnormal', 'expected',
        strftime('%Y-%m-%dT%H:%M:%fZ', coalesce(entry_received_at, first_received_at),
-                '+' || (60 * CASE WHEN CAST(timeframe AS INTEGER) > 0
-                                  THEN CAST(timeframe AS INTEGER) ELSE 1 END) || ' seconds'),
+                CASE WHEN timeframe <> '' AND timeframe NOT GLOB '*[^0-9]*'
+                          AND CAST(timeframe AS INTEGER) > 0
+                     THEN '+' || (60 * CAST(timeframe AS INTEGER)) || ' seconds'
+                     WHEN upper(timeframe) GLOB '*[SDWM]'
+                          AND substr(timeframe, 1, length(timeframe) - 1) NOT GLOB '*[^0-9]*'
+                     THEN '+' || (max(1, CAST(timeframe AS INTEGER))
+                                  * CASE upper(substr(timeframe, -1)) WHEN 'W' THEN 7 ELSE 1 END)
+                          || CASE upper(substr(timeframe, -1)) WHEN 'S' THEN ' seconds'
+                                                               WHEN 'M' THEN ' months'
+                                                               ELSE ' days' END
+                     ELSE '+60 seconds' END),
        id_time, entry_received_at, NULL, json_object('timeframe', timeframe)
   FROM signals WHERE status IN ('ACTIVE', 'EXITED') AND mae IS NULL
 UNION ALL

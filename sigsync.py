@@ -391,6 +391,9 @@ def ny_date(moment):
 # ============================================================================================
 
 SCHEMA_PATH = os.path.join(HERE, "schema.sql")
+# A signal's market in SQL: symbol_key() (the symbol without its exchange prefix), written as
+# schema.sql's indexes on signals write it, so that a query repeating it uses them.
+MARKET_SQL = "replace(substr(symbol, instr(symbol, ':') + 1), ' ', '')"
 VIEWS_MARKER = "-- @views"
 BUSY_TIMEOUT_MS = 1200          # with the writer lock wait below, a 503 comes within ~2.3 s
 WRITER_LOCK_SECONDS = 1.0       # also how long a job may wait in the group-commit queue
@@ -418,6 +421,19 @@ MIGRATIONS = {
     3: "INSERT INTO counters(name, value) SELECT 'dead_letter_bytes', "
        "coalesce(sum(length(CAST(raw_body AS BLOB))), 0) FROM rejected WHERE true "
        "ON CONFLICT(name) DO UPDATE SET value = excluded.value;",
+    # 0.5.4: alternation compares markets, not symbols as sent (schema.sql: signals_market).
+    4: f"CREATE INDEX signals_market ON signals({MARKET_SQL}, signal_time, trade_id); "
+       f"DROP INDEX signals_pending; CREATE INDEX signals_pending ON signals({MARKET_SQL}, "
+       "signal_time) WHERE status = 'PENDING';",
+}
+# What a migration to version n must do once the views are in place (they are created after
+# the migrations): 0.5.4 reads "1D", "W", "30S"... timeframes in the no_mae rule, so the
+# materialised no_mae gaps are computed again from v_gap_rules (the health triggers follow).
+AFTER_VIEWS = {
+    5: "DELETE FROM signal_gaps WHERE gap = 'no_mae'; "
+       "INSERT INTO signal_gaps(trade_id, gap, severity, before_due, due_base, id_time, since, "
+       "symbol_key, evidence) SELECT trade_id, gap, severity, before_due, due_base, id_time, "
+       "since, symbol_key, evidence FROM v_gap_rules WHERE gap = 'no_mae';",
 }
 
 
@@ -780,14 +796,20 @@ def _migrate(conn):
         raise SigsyncError(f"database schema version {version} is newer than this program "
                            f"({target}); upgrade sigsync")
     with conn:
-        if version == 0 and not _table_names(conn):
+        fresh = version == 0 and not _table_names(conn)
+        if fresh:
             conn.execute(tables)
         else:
+            migrated = []
             while version < target:
                 conn.execute(MIGRATIONS[version])
                 version += 1
                 conn.execute(f"PRAGMA user_version = {version}")
+                migrated.append(version)
         conn.execute(views)
+        for version in migrated if not fresh else ():
+            if version in AFTER_VIEWS:
+                conn.execute(AFTER_VIEWS[version])
 
 
 def _table_names(conn):
@@ -1496,15 +1518,57 @@ def _touch_market(conn, key, received_at):
         (key, received_at))
 
 
+_TIMEFRAME = re.compile(r"(\d*)([SDWM]?)", re.IGNORECASE)
+_TIMEFRAME_SECONDS = {"": 60, "S": 1, "D": 86400, "W": 7 * 86400}
+
+
+def timeframe_step(timeframe):
+    """A bar's length from TradingView's {{interval}}: (seconds, n) or (months, n); None when
+    the timeframe says nothing usable.
+
+    "5" is 5 minutes, "30S" 30 seconds, "D"/"2D" days, "W" weeks, "M"/"3M" calendar months (no
+    fixed length). The same reading as v_gap_rules' no_mae rule in schema.sql."""
+    m = _TIMEFRAME.fullmatch(str(timeframe or ""))
+    if not m or not timeframe:
+        return None
+    digits, unit = m.group(1), m.group(2).upper()
+    if not unit:
+        return ("seconds", 60 * int(digits)) if int(digits) > 0 else None
+    n = max(1, int(digits or 0))
+    return ("months", n) if unit == "M" else ("seconds", n * _TIMEFRAME_SECONDS[unit])
+
+
+def add_bars(moment, step, count=1):
+    """`moment` plus `count` bars of timeframe_step() `step`. Months as SQLite's '+N months'
+    counts them: the same day of the month, a day past its end rolling into the next month."""
+    unit, n = step
+    if unit == "seconds":
+        return moment + dt.timedelta(seconds=n * count)
+    months = moment.month - 1 + n * count
+    first = moment.replace(year=moment.year + months // 12, month=months % 12 + 1, day=1)
+    return first + dt.timedelta(days=moment.day - 1)
+
+
+def bars_between(start, end, step, limit=100_000):
+    """Whole bars of `step` from start to end (None past `limit` bars of calendar months)."""
+    unit, n = step
+    if unit == "seconds":
+        return int((end - start).total_seconds() // n)
+    count = 0
+    while add_bars(start, step, count + 1) <= end:
+        count += 1
+        if count > limit:
+            return None
+    return count
+
+
 def _bar_close(bar):
-    """When a bar closed: its open plus its timeframe, when that is a number of minutes."""
+    """When a bar closed: its open plus its timeframe, when that is known (else its open, the
+    moment known for sure)."""
+    step = timeframe_step(bar.get("timeframe"))
     try:
-        minutes = int(bar.get("timeframe") or 0)
-    except ValueError:          # "D", "W", "1S"...: the open is what is known for sure
-        minutes = 0
-    try:
-        return iso(from_iso(bar["time"]) + dt.timedelta(minutes=max(minutes, 0)))
-    except OverflowError:       # a timeframe of more minutes than a date can add: unknown
+        return iso(add_bars(from_iso(bar["time"]), step)) if step else bar["time"]
+    except (OverflowError, ValueError):     # more than a date can add: unknown
         return bar["time"]
 
 
@@ -2042,7 +2106,6 @@ def format_health(report, threshold):
 PRICE_FRESH_SECONDS = 600            # a price sample older than this proves nothing
 SYNC_CHUNK = 200                     # signals per write transaction: webhooks wait < ~0.1 s
 RUNNING_PASS_STALE = dt.timedelta(minutes=10)
-_TIMEFRAME_MINUTES = re.compile(r"^(\d+)$")
 
 
 @dataclasses.dataclass
@@ -2063,9 +2126,10 @@ class PassContext:
         """The first later signal of the other direction on the same symbol (SPEC 3.3)."""
         direction = row["direction"] or row["id_direction"]
         rows = self.conn.execute(
-            "SELECT trade_id, signal_time FROM signals WHERE symbol = ? AND signal_time > ? "
-            "AND coalesce(direction, id_direction) <> ? ORDER BY signal_time, trade_id LIMIT 1",
-            (row["symbol"], row["signal_time"], direction)).fetchall()
+            f"SELECT trade_id, signal_time FROM signals WHERE {MARKET_SQL} = ? AND "
+            "signal_time > ? AND coalesce(direction, id_direction) <> ? "
+            "ORDER BY signal_time, trade_id LIMIT 1",
+            (symbol_key(row["symbol"]), row["signal_time"], direction)).fetchall()
         return {"trade_id": rows[0][0], "signal_time": rows[0][1]} if rows else None
 
 
@@ -2190,11 +2254,14 @@ def _cancellation(row, ctx):
     if later is None:
         return 0
     fs["inferred_cancel"] = True
-    minutes = _TIMEFRAME_MINUTES.match(row["timeframe"] or "")
+    step = timeframe_step(row["timeframe"])
     bars = None
-    if minutes and int(minutes.group(1)) > 0:
-        gap = from_iso(later["signal_time"]) - from_iso(row["signal_time"])
-        bars = int(gap.total_seconds() // (60 * int(minutes.group(1))))
+    if step:
+        try:
+            bars = bars_between(from_iso(row["signal_time"]), from_iso(later["signal_time"]),
+                                step)
+        except (OverflowError, ValueError):
+            bars = None
     reason = "alternation: an opposite signal on the same symbol before confirmation"
     evidence = {"cancelled_by": later["trade_id"], "its_signal_time": later["signal_time"]}
     changes = estimate(row, "cancelled_at", later["signal_time"], "inferred", 0.95,
@@ -2361,20 +2428,21 @@ def _work_set(db, mark, top, full):
                 "coalesce(direction, id_direction) FROM signals WHERE trade_id = ?", (trade_id,)):
             if symbol is None:
                 continue
-            symbols.add(symbol)
-            if signal_time is not None and signal_time > latest.get((symbol, direction), ""):
-                latest[symbol, direction] = signal_time
-    # Pending signals a touched one may cancel: earlier, same symbol, opposite direction. Only
-    # the latest touched signal of each symbol and direction matters (one query each, not one
+            market = symbol_key(symbol)
+            symbols.add(market)
+            if signal_time is not None and signal_time > latest.get((market, direction), ""):
+                latest[market, direction] = signal_time
+    # Pending signals a touched one may cancel: earlier, same market, opposite direction. Only
+    # the latest touched signal of each market and direction matters (one query each, not one
     # per touched signal: a backlog of thousands stays linear).
-    for (symbol, direction), signal_time in latest.items():
+    for (market, direction), signal_time in latest.items():
         work.update(r[0] for r in reader.execute(
-            "SELECT trade_id FROM signals WHERE symbol = ? AND signal_time < ? AND "
+            f"SELECT trade_id FROM signals WHERE {MARKET_SQL} = ? AND signal_time < ? AND "
             "status = 'PENDING' AND coalesce(direction, id_direction) <> ?",
-            (symbol, signal_time, direction)))
+            (market, signal_time, direction)))
     # Open trades that a fresh price of their market may move (any exchange prefix): the
     # markets of the touched trades, whose MFE updates carry prices, and of the new bars.
-    markets = {symbol_key(s) for s in symbols} | priced
+    markets = symbols | priced
     if markets:
         work.update(trade_id for trade_id, symbol in reader.execute(
             "SELECT trade_id, symbol FROM signals WHERE status = 'ACTIVE'")

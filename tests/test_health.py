@@ -2,10 +2,13 @@
 boundary instants; the seeds' scenario; the shell, the API and the CLI agree."""
 
 import datetime as dt
+import itertools
 import json
 import subprocess
 
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 import sigsync
 from conftest import START, derived_tables, rebuilt_from_scratch
@@ -192,6 +195,49 @@ def test_no_mae_is_expected_for_the_first_bar_and_abnormal_after(db, clock):
     assert gaps(db, clock)["no_mae"] == "abnormal"
     send(db, clock, event_type="MFE_UPDATE", trade_id=T, mae_global_r=0)
     assert "no_mae" not in gaps(db, clock)           # 0 is a value
+
+
+@pytest.mark.parametrize("timeframe, bar_seconds", [
+    ("5", 300), ("30S", 30), ("1D", 86400), ("D", 86400), ("1d", 86400), ("W", 7 * 86400),
+    ("2W", 14 * 86400), ("M", 31 * 86400), ("3M", 90 * 86400), ("240", 4 * 3600),
+    ("weird", 60)])
+def test_no_mae_waits_for_the_first_bar_of_the_charts_timeframe(db, clock, timeframe,
+                                                                  bar_seconds):
+    """A daily chart's entry has no MAE for a day, not a minute (0.5.3 read "1D" as one
+    minute). Months are calendar months: from Dec 15 one is 31 days, three are 90. A timeframe
+    that says nothing counts as one minute."""
+    send(db, clock, **entry(mae_global_r=None, timeframe=timeframe))     # at START + grace 60
+    at(clock, bar_seconds + 60)
+    assert gaps(db, clock)["no_mae"] == "expected"
+    at(clock, bar_seconds + 60.001)
+    assert gaps(db, clock)["no_mae"] == "abnormal"
+
+
+_serial = itertools.count()
+
+
+@hypothesis.settings(max_examples=60, deadline=None,
+                     suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture])
+@hypothesis.given(
+    timeframe=st.one_of(st.from_regex(r"\A[0-9]{0,4}[SDWMsdwm]?\Z"),
+                        st.sampled_from(["", "X", "1H", " 5", "5 ", "-1", "1.5"])),
+    moment=st.datetimes(min_value=dt.datetime(2000, 1, 1), max_value=dt.datetime(2099, 12, 31),
+                        timezones=st.just(dt.timezone.utc)))
+@hypothesis.example(timeframe="M", moment=dt.datetime(2025, 1, 31, 12, tzinfo=dt.timezone.utc))
+@hypothesis.example(timeframe="12M", moment=dt.datetime(2024, 2, 29, tzinfo=dt.timezone.utc))
+def test_python_and_sql_read_a_timeframe_alike(db, clock, timeframe, moment):
+    """The no_mae rule (SQL) and a bar's close and bars_pending (Python) read the timeframe
+    with one meaning: the deadline v_gap_rules writes is timeframe_step()'s bar after the
+    entry, or one minute when that says nothing."""
+    moment = moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+    trade_id = (moment.astimezone(sigsync.NEW_YORK).strftime("%Y%m%d_%H%M%S")
+                + f"{next(_serial) % 1000:03d}_BULLISH")             # one trade per example
+    clock.current = moment
+    send(db, clock, **entry(trade_id, mae_global_r=None, timeframe=timeframe))
+    due = db.query("SELECT due_base FROM signal_gaps WHERE trade_id = ? AND gap = 'no_mae'",
+                   (trade_id,))[0]["due_base"]
+    step = sigsync.timeframe_step(timeframe) or ("seconds", 60)
+    assert due == sigsync.iso(sigsync.add_bars(moment, step)), (timeframe, step)
 
 
 def test_stale_pending_boundaries(db, clock):

@@ -258,9 +258,10 @@ def test_the_readme_first_command_demo_then_serve_shows_a_populated_page(server,
 
 def test_a_version_1_database_is_migrated_in_place_and_keeps_its_log(tmp_path):
     """0.2 databases (user_version 1) had two more indexes on the log, no event_repeats (added
-    in 0.5, user_version 3) and no count of the dead letters' bytes (0.5.3, user_version 4);
-    opening one drops the indexes, adds the table, counts the bytes, keeps every row, and the
-    webhook path works on it."""
+    in 0.5, user_version 3), no count of the dead letters' bytes (0.5.3, user_version 4) and
+    signals indexed by symbol as sent, not by market (0.5.4, user_version 5); opening one drops
+    the indexes, adds the table, counts the bytes, indexes the markets, keeps every row, and
+    the webhook path works on it."""
     path = tmp_path / "v1.db"
     with open_database(path) as db:
         sigsync.demo(db, start=START)
@@ -268,14 +269,19 @@ def test_a_version_1_database_is_migrated_in_place_and_keeps_its_log(tmp_path):
             conn.execute("CREATE INDEX requests_received ON requests(received_at);"
                          "CREATE INDEX events_type_received ON events(event_type, received_at);"
                          "DROP TABLE event_repeats; PRAGMA user_version = 1;"
-                         "DELETE FROM counters WHERE name = 'dead_letter_bytes'")
+                         "DELETE FROM counters WHERE name = 'dead_letter_bytes';"
+                         "DROP INDEX signals_market; DROP INDEX signals_pending;"
+                         "CREATE INDEX signals_pending ON signals(symbol, signal_time) "
+                         "WHERE status = 'PENDING'")
         before = db.query("SELECT count(*) AS n FROM events")[0]["n"]
     with open_database(path) as db:
         indexes = {r["name"] for r in db.query(
             "SELECT name FROM sqlite_schema WHERE type = 'index' AND name NOT LIKE 'sqlite_%'")}
         assert not indexes & {"requests_received", "events_type_received"}
-        assert "requests_source_received" in indexes
-        assert db.query("PRAGMA user_version")[0]["user_version"] == sigsync.schema_version() == 4
+        assert "requests_source_received" in indexes and "signals_market" in indexes
+        assert "instr(symbol" in db.query("SELECT sql FROM sqlite_schema "
+                                          "WHERE name = 'signals_pending'")[0]["sql"]
+        assert db.query("PRAGMA user_version")[0]["user_version"] == sigsync.schema_version() == 5
         kept = db.query("SELECT raw_body FROM rejected")
         assert len(kept) == 2 and db.query(
             "SELECT value FROM counters WHERE name = 'dead_letter_bytes'")[0]["value"] == sum(
@@ -290,6 +296,31 @@ def test_a_version_1_database_is_migrated_in_place_and_keeps_its_log(tmp_path):
         assert again.events[0]["duplicate"]
         assert db.query("SELECT received_at FROM event_repeats") == [
             {"received_at": "2025-12-15T16:00:00.000Z"}]
+
+
+def test_a_version_4_database_gets_its_no_mae_deadlines_read_from_the_timeframe(tmp_path):
+    """0.5.3 read a daily chart's "1D" as one minute: its materialised no_mae gaps are
+    computed again when the database is opened by 0.5.4, health aggregates included."""
+    path = tmp_path / "v4.db"
+    at = dt.datetime(2025, 12, 15, 15, tzinfo=dt.timezone.utc)
+    with open_database(path) as db:
+        sigsync.ingest(db, json.dumps({
+            "event_type": "ENTRY", "trade_id": "20251215_100000000_BULLISH", "symbol": "MNQ1!",
+            "timeframe": "1D", "direction": "Bullish", "entry_price": 25680.0,
+            "stop_loss": 25640.0}).encode(), now=at)
+        fresh = db.query("SELECT due_base FROM signal_gaps WHERE gap = 'no_mae'")
+        counts = db.query("SELECT * FROM health_gap_counts ORDER BY 1, 2, 3")
+        with db.write() as conn:                 # as 0.5.3 left it
+            conn.execute("UPDATE signal_gaps SET due_base = '2025-12-15T15:01:00.000Z' "
+                         "WHERE gap = 'no_mae'; DROP INDEX signals_market; "
+                         "DROP INDEX signals_pending; CREATE INDEX signals_pending ON "
+                         "signals(symbol, signal_time) WHERE status = 'PENDING'; "
+                         "PRAGMA user_version = 4")
+    assert fresh == [{"due_base": "2025-12-16T15:00:00.000Z"}]
+    with open_database(path) as db:
+        assert db.query("SELECT due_base FROM signal_gaps WHERE gap = 'no_mae'") == fresh
+        assert db.query("SELECT * FROM health_gap_counts ORDER BY 1, 2, 3") == counts
+        assert db.query("PRAGMA user_version")[0]["user_version"] == 5
 
 
 def test_the_reads_of_the_request_log_seek_its_one_index(tmp_path):

@@ -17,11 +17,11 @@ def send(db, clock, **fields):
     return sigsync.ingest(db, json.dumps(fields).encode(), now=clock.now())
 
 
-def created(trade_id, symbol="MNQ1!", **extra):
+def created(trade_id, symbol="MNQ1!", timeframe="1", **extra):
     direction = "Bullish" if trade_id.endswith("BULLISH") else "Bearish"
     stamp = f"2025-12-15T{trade_id[9:11]}:{trade_id[11:13]}:00"
     return dict(event_type="SIGNAL_CREATED", trade_id=trade_id, direction=direction,
-                symbol=symbol, timeframe="1", event_timestamp=stamp,
+                symbol=symbol, timeframe=timeframe, event_timestamp=stamp,
                 htf_alignment={"daily": "Bullish", "h1": "Bullish"}, **extra)
 
 
@@ -156,6 +156,40 @@ def test_pending_then_opposite_signal_is_cancelled_at_that_signals_time(db, cloc
     assert row["cancelled_by"] == BEAR and row["bars_pending"] == 3
     assert prov(row, "cancelled_at") == ["inferred", 0.95]
     assert signal_row(db, BEAR)["status"] == "PENDING"
+
+
+def test_alternation_compares_markets_not_symbols_as_sent(db, clock):
+    """'CME_MINI:MNQ1!' and 'MNQ1!' are one market (symbol_key): an opposite signal sent
+    with the exchange prefix cancels a pending one sent without, and the other way round;
+    another market cancels nothing."""
+    send(db, clock, **created(BULL, symbol="MNQ1!"))
+    send(db, clock, **created(BEAR, symbol="CME_MINI:MNQ1!"))
+    send(db, clock, **created(BULL2, symbol="MNQ1!"))
+    send(db, clock, **created("20251215_100100000_BEARISH", symbol="CME_MINI:MES1!"))
+    clock.advance(600)
+    sigsync.sync_once(db, now=clock.now())
+    assert [signal_row(db, t)["cancelled_by"] for t in (BULL, BEAR, BULL2)] == [BEAR, BULL2, None]
+    assert signal_row(db, "20251215_100100000_BEARISH")["status"] == "PENDING"
+
+
+@pytest.mark.parametrize("timeframe, bars", [("1", 3), ("3", 1), ("5", 0), ("30S", 6),
+                                             ("1D", 0), ("W", 0), ("M", 0), ("weird", None)])
+def test_bars_pending_counts_bars_of_the_charts_timeframe(db, clock, timeframe, bars):
+    send(db, clock, **created(BULL, timeframe=timeframe))
+    send(db, clock, **created(BEAR, timeframe=timeframe))          # 3 minutes later
+    sigsync.sync_once(db, now=clock.now())
+    row = signal_row(db, BULL)
+    assert row["status"] == "CANCELLED" and row["bars_pending"] == bars
+
+
+def test_bars_pending_counts_calendar_months_and_days():
+    at = dt.datetime(2025, 1, 31, 15, tzinfo=dt.timezone.utc)
+    assert sigsync.bars_between(at, dt.datetime(2025, 3, 3, 15, tzinfo=dt.timezone.utc),
+                                sigsync.timeframe_step("M")) == 1       # Jan 31 + 1 month
+    assert sigsync.bars_between(at, dt.datetime(2025, 3, 3, 14, tzinfo=dt.timezone.utc),
+                                sigsync.timeframe_step("M")) == 0
+    assert sigsync.bars_between(at, at + dt.timedelta(days=9), sigsync.timeframe_step("2D")) == 4
+    assert sigsync.timeframe_step("0") is None and sigsync.timeframe_step("") is None
 
 
 def test_explicit_cancelled_is_certain(db, clock):
