@@ -2943,6 +2943,16 @@ LIST_COLUMNS = [
     "timeframe", "session", "signal_time", "signal_date", "entry_price", "stop_loss", "risk",
     "no_be_mfe", "be_mfe", "mae", "final_mfe", "htf_alignment", "confirmation_time",
     "exit_reason", "exit_price", "cancelled_at", "event_count", "last_received_at"]
+# Whether the status was received (an EXIT or CANCELLED event, or the evidence of an entry) or
+# inferred by a pass (an exit from a price sample past the stop, confidence 0.7; a cancellation
+# by alternation, 0.95): the list and the detail say which, so an inference never reads as news
+# from the indicator. The fold drops `inferred_exit` when the indicator's own exit arrives; an
+# explicit CANCELLED event's 1.0 replaces the inferred cancelled_at.
+STATUS_SOURCE_SQL = (
+    "CASE WHEN status = 'EXITED' AND json_extract(fold_state, '$.inferred_exit') IS NOT NULL "
+    "THEN 'inferred' WHEN status = 'CANCELLED' AND "
+    "json_extract(provenance, '$.cancelled_at[0]') = 'inferred' THEN 'inferred' "
+    "ELSE 'received' END AS status_source")
 CANCELLED_COLUMNS = ["trade_id", "symbol", "direction", "session", "signal_time",
                      "cancelled_at", "cancelled_by", "cancel_reason", "bars_pending"]
 
@@ -3138,7 +3148,7 @@ def signal_health(db, now, trade_ids):
 
 def list_signals(db, now, f):
     """The all-signals answer: one page of rows, the next cursor, the summary."""
-    rows, cursor = _page(db, ", ".join(LIST_COLUMNS), f)
+    rows, cursor = _page(db, ", ".join(LIST_COLUMNS + [STATUS_SOURCE_SQL]), f)
     health = signal_health(db, now, [r["trade_id"] for r in rows])
     for r in rows:
         r["htf_alignment"] = json.loads(r["htf_alignment"]) if r["htf_alignment"] else None
@@ -3164,7 +3174,8 @@ def list_cancelled(db, f):
 
 def signal_detail(db, now, trade_id):
     """Everything known about one signal: fields with provenance, events, audit, gaps."""
-    rows = db.query("SELECT * FROM signals WHERE trade_id = ?", (trade_id,))
+    rows = db.query(f"SELECT *, {STATUS_SOURCE_SQL} FROM signals WHERE trade_id = ?",
+                    (trade_id,))
     if not rows:
         raise NotFound(f"no signal {trade_id!r}")
     signal_row = _signal_out(rows[0])
@@ -3193,7 +3204,7 @@ def signal_detail(db, now, trade_id):
     _conflict_sides(signal_row["conflicts"], events)
     health = signal_health(db, now, [trade_id]).get(trade_id, {})
     return {"trade_id": trade_id, "status": signal_row["status"],
-            "be_state": signal_row["be_state"], "health_score": health.get("health_score", 100),
+            "status_source": signal_row["status_source"], "be_state": signal_row["be_state"], "health_score": health.get("health_score", 100),
             "fields": fields, "conflicts": signal_row["conflicts"], "events": events,
             "audit": audit, "gaps": open_gaps(db, now, trade_id=trade_id)}
 

@@ -127,18 +127,29 @@
   // The break-even leg: "BE" once it has triggered (its stop is now the entry), "BE✓" once it
   // was stopped after triggering. An EXIT_SL before any trigger also stops the leg (SPEC §2),
   // but then it never armed: no BE mark, or a stop-out would read as a break-even exit.
+  // A status no event said but a pass inferred (an exit from a price past the stop, a
+  // cancellation by alternation) carries "inferred", so it never reads as the indicator's news.
+  const INFERRED_STATUS = {
+    EXITED: "inferred: no EXIT arrived; a price sample past the stop says the trade is over " +
+      "(confidence 0.70, see the detail's audit)",
+    CANCELLED: "inferred: no CANCELLED arrived; an opposite signal on the same market came " +
+      "before confirmation (confidence 0.95)",
+  };
   function statusBadge(status, s) {
     const cls = STATUS_CLASSES.has(status) ? `status st-${status}` : "status";
-    const span = el("span", { class: cls }, status || "?");
+    const out = [el("span", { class: cls }, status || "?")];
+    if (s.status_source === "inferred") {
+      out.push(el("span", { class: "inferred", title: INFERRED_STATUS[status] || "inferred" },
+        "inferred"));
+    }
     const armed = Boolean(s.be_triggered_at || s.exit_be_at || (s.no_be_mfe ?? 0) >= 1.0);
     if (s.be_state === "TRIGGERED") {
-      return [span, el("span", { class: "be", title: "break-even leg: triggered" }, "BE")];
+      out.push(el("span", { class: "be", title: "break-even leg: triggered" }, "BE"));
+    } else if (s.be_state === "STOPPED" && armed) {
+      out.push(el("span", { class: "be", title: "break-even leg: stopped at the entry " +
+        "after it triggered" }, "BE✓"));
     }
-    if (s.be_state === "STOPPED" && armed) {
-      return [span, el("span", { class: "be", title: "break-even leg: stopped at the entry " +
-        "after it triggered" }, "BE✓")];
-    }
-    return [span];
+    return out;
   }
 
   function dirText(direction) {
@@ -728,6 +739,7 @@
 
     const head = el("div", { class: "kv" },
       kv("Status", ...statusBadge(detail.status, {
+        status_source: detail.status_source,
         be_state: detail.be_state, be_triggered_at: f("be_triggered_at"),
         exit_be_at: f("exit_be_at"), no_be_mfe: f("no_be_mfe") })),
       kv("Health", el("span", { class: healthClass(detail.health_score) }, scoreText(detail.health_score))),

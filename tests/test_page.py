@@ -313,6 +313,23 @@ def test_cancelled_tab_lists_cancelled_signals_with_their_source(site, open_page
     expect(first.locator(".conf")).to_have_text(f"{confidence:.2f}")
 
 
+def test_an_inferred_status_is_marked_inferred_and_a_received_one_is_not(site, open_page):
+    sources = {r["trade_id"]: r["status_source"] for r in rows(
+        site, f"SELECT trade_id, {sigsync.STATUS_SOURCE_SQL} FROM signals")}
+    inferred = sorted(t for t, src in sources.items() if src == "inferred")
+    assert inferred, "the demo has cancellations inferred by alternation"
+    page = open_page()
+    page.goto(site.url + "/")
+    expect(trade_ids(page)).to_have_text(newest_first(site))
+    for trade_id, source in sources.items():
+        tag = row(page, trade_id).locator("td").first.locator(".inferred")
+        expect(tag).to_have_count(1 if source == "inferred" else 0)
+    expect(row(page, inferred[0]).locator(".inferred")).to_have_attribute(
+        "title", re.compile(r"^inferred: no CANCELLED arrived"))
+    row(page, inferred[0]).click()
+    expect(page.locator("#detail .kv .inferred")).to_have_text("inferred")
+
+
 def test_dead_letters_tab_shows_each_refusal_and_its_reason(site, open_page):
     page = open_page()
     page.goto(site.url + "/")

@@ -296,6 +296,37 @@ def test_price_past_the_stop_infers_a_missed_exit_with_evidence(db, clock):
     assert row["exit_price"] == 25639.5 and prov(row, "exit_price") == ["indicator", 1.0]
 
 
+def status_sources(db, clock):
+    """{trade_id: (status, status_source)} as the list and the detail answer."""
+    listed = sigsync.list_signals(db, clock.now(), sigsync.SignalFilter())["signals"]
+    out = {r["trade_id"]: (r["status"], r["status_source"]) for r in listed}
+    for trade_id, (status, source) in out.items():
+        detail = sigsync.signal_detail(db, clock.now(), trade_id)
+        assert (detail["status"], detail["status_source"]) == (status, source)
+    return out
+
+
+def test_an_inferred_status_says_so_until_the_indicator_says_it(db, clock):
+    """An exit inferred from a price and a cancellation inferred by alternation are listed as
+    'inferred', never as news from the indicator; the received EXIT or CANCELLED makes them
+    'received'."""
+    send(db, clock, **entry(BULL))                   # stop 25640
+    send(db, clock, **created(BEAR))
+    send(db, clock, **created(BULL2))                # cancels BEAR by alternation
+    clock.advance(120)
+    send(db, clock, event_type="MFE_UPDATE", trade_id="20251215_090000000_BEARISH",
+         symbol="MNQ1!", current_price=25630.0)      # past BULL's stop
+    sigsync.sync_once(db, now=clock.advance(30))
+    sources = status_sources(db, clock)
+    assert sources[BULL] == ("EXITED", "inferred") and sources[BEAR] == ("CANCELLED", "inferred")
+    assert sources[BULL2] == ("PENDING", "received")
+    send(db, clock, event_type="EXIT_SL", trade_id=BULL, exit_price=25639.5)
+    send(db, clock, event_type="CANCELLED", trade_id=BEAR, direction="Bearish", symbol="MNQ1!",
+         cancelled_time="2025-12-15T10:06:00", cancel_reason="opposite")
+    sources = status_sources(db, clock)
+    assert sources[BULL] == ("EXITED", "received") and sources[BEAR] == ("CANCELLED", "received")
+
+
 def bar(at, close, symbol="MNQ1!"):
     """A 1-minute BAR opening at `at` (UTC), as a plain TradingView alert sends it."""
     return dict(event_type="BAR", symbol=symbol, timeframe="1", time=sigsync.iso(at),
