@@ -158,15 +158,19 @@
     return el("span", { class: "nil" }, direction || "—");
   }
 
-  // HTF alignment: ▲ bullish, ▼ bearish, – neutral (or any other word), · missing.
+  // HTF alignment: ▲ bullish, ▼ bearish, – neutral (or any other word), · missing. The words
+  // as the direction field accepts them (SPEC 1.4), in any case: Bullish, BULLISH, Long...
+  const HTF_UP = new Set(["bullish", "bull", "long"]);
+  const HTF_DOWN = new Set(["bearish", "bear", "short"]);
   function htfGlyphs(htf) {
     const wrap = el("span", { class: "htf" });
     const words = [];
     for (const key of HTF_KEYS) {
       const v = htf && typeof htf === "object" ? htf[key] : null;
       let glyph = "·", cls = "none";
-      if (v === "Bullish") { glyph = "▲"; cls = "up"; }
-      else if (v === "Bearish") { glyph = "▼"; cls = "down"; }
+      const word = typeof v === "string" ? v.trim().toLowerCase() : "";
+      if (HTF_UP.has(word)) { glyph = "▲"; cls = "up"; }
+      else if (HTF_DOWN.has(word)) { glyph = "▼"; cls = "down"; }
       else if (v !== null && v !== undefined && v !== "") { glyph = "–"; cls = "flat"; }
       wrap.append(el("span", { class: cls }, glyph));
       words.push(`${key} ${v === null || v === undefined || v === "" ? "missing" : v}`);

@@ -39,7 +39,7 @@ def _created(at_ny, direction, symbol, **extra):
     return {"event_type": "SIGNAL_CREATED", "symbol": symbol, "timeframe": "1",
             "trade_id": at_ny.strftime("%Y%m%d_%H%M%S") + "000_" + side, "direction": direction,
             "event_timestamp": at_ny.strftime("%Y-%m-%dT%H:%M:%S"),
-            "htf_alignment": {"daily": direction, "h4": direction, "h1": "Neutral"}, **extra}
+            "htf_alignment": {"daily": direction, "h4": direction, "h1": "Neutral"}} | extra
 
 
 def bars_for(symbol, entry, start, minutes, seed=3):
@@ -328,6 +328,20 @@ def test_an_inferred_status_is_marked_inferred_and_a_received_one_is_not(site, o
         "title", re.compile(r"^inferred: no CANCELLED arrived"))
     row(page, inferred[0]).click()
     expect(page.locator("#detail .kv .inferred")).to_have_text("inferred")
+
+
+def test_htf_glyphs_read_the_words_in_any_case(site, open_page):
+    body = _created(dt.datetime(2025, 12, 10, 9, 45, tzinfo=NY), "Bullish", "MNQ1!",
+                    htf_alignment={"daily": "BULLISH", "h4": "bearish", "h1": "Long",
+                                   "m15": "SHORT", "m5": "Neutral"})
+    status, answer = site.post(body)
+    assert status == 200, answer
+    page = open_page()
+    page.goto(site.url + "/")
+    glyphs = row(page, body["trade_id"]).locator(".htf > span")
+    expect(glyphs).to_have_text(["▲", "▼", "▲", "▼", "–", "·"])
+    expect(row(page, body["trade_id"]).locator(".htf")).to_have_attribute(
+        "title", "daily BULLISH, h4 bearish, h1 Long, m15 SHORT, m5 Neutral, m1 missing")
 
 
 def test_dead_letters_tab_shows_each_refusal_and_its_reason(site, open_page):
