@@ -153,10 +153,8 @@ CREATE INDEX signals_symbol ON signals(symbol, signal_time, trade_id);
 -- of symbol_key() in sigsync.py: 'CME_MINI:MNQ1!' and 'MNQ1!' are one market): the next opposite
 -- signal (alternation, SPEC 3.3) and the pending ones a new signal may cancel. A query uses these
 -- only when it repeats the expression exactly.
-CREATE INDEX signals_market ON signals(replace(substr(symbol, instr(symbol, ':') + 1), ' ', ''),
-                                       signal_time, trade_id);
-CREATE INDEX signals_pending ON signals(replace(substr(symbol, instr(symbol, ':') + 1), ' ', ''),
-                                        signal_time) WHERE status = 'PENDING';
+CREATE INDEX signals_market ON signals(replace(substr(symbol, instr(symbol, ':') + 1), ' ', ''), signal_time, trade_id);
+CREATE INDEX signals_pending ON signals(replace(substr(symbol, instr(symbol, ':') + 1), ' ', ''), signal_time) WHERE status = 'PENDING';
 -- Open trades that a pass revisits by symbol (prices).
 CREATE INDEX signals_open ON signals(symbol) WHERE status = 'ACTIVE';
 
@@ -474,20 +472,22 @@ SELECT trade_id, 'stale_mfe',
 UNION ALL
 -- expected during the entry's first bar (plus first_bar_grace_seconds for the alert's trip),
 -- abnormal after. The bar's length as a date modifier, from TradingView's {{interval}}: "5" is
--- minutes, "30S" seconds, "D"/"2D" days, "W" weeks, "M"/"3M" months; anything else counts as
--- one minute. The same reading as timeframe_step() in sigsync.py.
+-- minutes, "30S" seconds, "D"/"2D" days, "W" weeks, "M"/"3M" months (capital M only); a count
+-- of more than 10000 (or five digits), or anything else, counts as one minute. The same
+-- reading as timeframe_step() in sigsync.py.
 SELECT trade_id, 'no_mae', 'abnormal', 'expected',
        strftime('%Y-%m-%dT%H:%M:%fZ', coalesce(entry_received_at, first_received_at),
-                CASE WHEN timeframe <> '' AND timeframe NOT GLOB '*[^0-9]*'
-                          AND CAST(timeframe AS INTEGER) > 0
+                CASE WHEN length(timeframe) BETWEEN 1 AND 5 AND timeframe NOT GLOB '*[^0-9]*'
+                          AND CAST(timeframe AS INTEGER) BETWEEN 1 AND 10000
                      THEN '+' || (60 * CAST(timeframe AS INTEGER)) || ' seconds'
-                     WHEN upper(timeframe) GLOB '*[SDWM]'
+                     WHEN length(timeframe) BETWEEN 1 AND 6 AND timeframe GLOB '*[SDWMsdw]'
                           AND substr(timeframe, 1, length(timeframe) - 1) NOT GLOB '*[^0-9]*'
+                          AND CAST(timeframe AS INTEGER) <= 10000
                      THEN '+' || (max(1, CAST(timeframe AS INTEGER))
                                   * CASE upper(substr(timeframe, -1)) WHEN 'W' THEN 7 ELSE 1 END)
-                          || CASE upper(substr(timeframe, -1)) WHEN 'S' THEN ' seconds'
-                                                               WHEN 'M' THEN ' months'
-                                                               ELSE ' days' END
+                          || CASE substr(timeframe, -1) WHEN 'M' THEN ' months'
+                                  ELSE CASE upper(substr(timeframe, -1)) WHEN 'S' THEN ' seconds'
+                                                                         ELSE ' days' END END
                      ELSE '+60 seconds' END),
        id_time, entry_received_at, NULL, json_object('timeframe', timeframe)
   FROM signals WHERE status IN ('ACTIVE', 'EXITED') AND mae IS NULL

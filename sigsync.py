@@ -22,6 +22,7 @@ import base64
 import collections
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import heapq
 import html
@@ -45,7 +46,7 @@ import apsw
 import bottle
 import schedule
 
-__version__ = "0.5.3"
+__version__ = "0.5.4"
 HERE = os.path.dirname(os.path.abspath(__file__))
 log = logging.getLogger("sigsync")
 
@@ -172,12 +173,18 @@ def load_config(args=None, environ=None):
 
 
 def _check_time_zone(name):
-    """--display-tz must name a zone of the IANA database: the page shows every time in it."""
-    try:
-        zoneinfo.ZoneInfo(str(name))
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+    """--display-tz must name a zone of the IANA database that a browser knows too: the page
+    shows every time in it. (zoneinfo also loads files that are not zones to a browser:
+    "localtime", "Factory", and the copies under posix/ and right/.)"""
+    if name not in _display_zones():
         raise ValueError(f"display_tz: {name!r} is not a time zone of the IANA database "
-                         "(e.g. America/New_York, Europe/London, UTC)") from None
+                         "(e.g. America/New_York, Europe/London, UTC)")
+
+
+@functools.lru_cache(maxsize=1)
+def _display_zones():
+    return frozenset(z for z in zoneinfo.available_timezones()
+                     if z not in ("Factory", "localtime") and not z.startswith(("posix/", "right/")))
 
 
 def _is_loopback(host):
@@ -423,8 +430,8 @@ MIGRATIONS = {
        "ON CONFLICT(name) DO UPDATE SET value = excluded.value;",
     # 0.5.4: alternation compares markets, not symbols as sent (schema.sql: signals_market).
     4: f"CREATE INDEX signals_market ON signals({MARKET_SQL}, signal_time, trade_id); "
-       f"DROP INDEX signals_pending; CREATE INDEX signals_pending ON signals({MARKET_SQL}, "
-       "signal_time) WHERE status = 'PENDING';",
+       f"DROP INDEX IF EXISTS signals_pending; CREATE INDEX signals_pending ON "
+       f"signals({MARKET_SQL}, signal_time) WHERE status = 'PENDING';",
 }
 # What a migration to version n must do once the views are in place (they are created after
 # the migrations): 0.5.4 reads "1D", "W", "30S"... timeframes in the no_mae rule, so the
@@ -1518,8 +1525,12 @@ def _touch_market(conn, key, received_at):
         (key, received_at))
 
 
-_TIMEFRAME = re.compile(r"(\d*)([SDWM]?)", re.IGNORECASE)
+# Digits, then an optional unit: ASCII only, as SQLite's GLOB [0-9] and upper() read them.
+# "M" (months) only in capitals: TradingView sends "M", and a hand-typed "5m" means minutes,
+# which this does not guess.
+_TIMEFRAME = re.compile(r"([0-9]{0,5})([SDWMsdw]?)")
 _TIMEFRAME_SECONDS = {"": 60, "S": 1, "D": 86400, "W": 7 * 86400}
+TIMEFRAME_MAX_COUNT = 10000     # more bars of any unit than any chart has: says nothing
 
 
 def timeframe_step(timeframe):
@@ -1527,15 +1538,17 @@ def timeframe_step(timeframe):
     the timeframe says nothing usable.
 
     "5" is 5 minutes, "30S" 30 seconds, "D"/"2D" days, "W" weeks, "M"/"3M" calendar months (no
-    fixed length). The same reading as v_gap_rules' no_mae rule in schema.sql."""
+    fixed length); s, d, w in either case. A count above TIMEFRAME_MAX_COUNT (or of more than
+    five digits) says nothing. The same reading as v_gap_rules' no_mae rule in schema.sql."""
     m = _TIMEFRAME.fullmatch(str(timeframe or ""))
     if not m or not timeframe:
         return None
     digits, unit = m.group(1), m.group(2).upper()
-    if not unit:
-        return ("seconds", 60 * int(digits)) if int(digits) > 0 else None
-    n = max(1, int(digits or 0))
-    return ("months", n) if unit == "M" else ("seconds", n * _TIMEFRAME_SECONDS[unit])
+    count = int(digits or 0)
+    if count > TIMEFRAME_MAX_COUNT or (not unit and count == 0):
+        return None
+    count = max(1, count)
+    return ("months", count) if unit == "M" else ("seconds", count * _TIMEFRAME_SECONDS[unit])
 
 
 def add_bars(moment, step, count=1):
@@ -2262,7 +2275,7 @@ def _cancellation(row, ctx):
                                 step)
         except (OverflowError, ValueError):
             bars = None
-    reason = "alternation: an opposite signal on the same symbol before confirmation"
+    reason = "alternation: an opposite signal on the same market before confirmation"
     evidence = {"cancelled_by": later["trade_id"], "its_signal_time": later["signal_time"]}
     changes = estimate(row, "cancelled_at", later["signal_time"], "inferred", 0.95,
                        "cancellation", reason, evidence)

@@ -6,7 +6,18 @@
 (() => {
   const POLL_MS = 5000;
   // The zone every time is shown in: `--display-tz`, named by the server in index.html.
-  const TZ = document.querySelector('meta[name="sigsync-display-tz"]')?.content || "America/New_York";
+  // (The server accepts only zones a browser knows; one this browser does not know falls back to
+  // New York, with a console error, rather than leaving the page blank.)
+  const TZ = (() => {
+    const name = document.querySelector('meta[name="sigsync-display-tz"]')?.content;
+    try {
+      new Intl.DateTimeFormat("en-US", { timeZone: name });
+      return name || "America/New_York";
+    } catch (e) {
+      console.error(`display zone ${name} unknown to this browser: times shown in New York`);
+      return "America/New_York";
+    }
+  })();
   const HTF_KEYS = ["daily", "h4", "h1", "m15", "m5", "m1"];
   const FILTERS = ["status", "direction", "session", "symbol", "since", "until", "q"];
   const TOKEN = new URLSearchParams(location.search).get("token");

@@ -200,12 +200,12 @@ def test_no_mae_is_expected_for_the_first_bar_and_abnormal_after(db, clock):
 @pytest.mark.parametrize("timeframe, bar_seconds", [
     ("5", 300), ("30S", 30), ("1D", 86400), ("D", 86400), ("1d", 86400), ("W", 7 * 86400),
     ("2W", 14 * 86400), ("M", 31 * 86400), ("3M", 90 * 86400), ("240", 4 * 3600),
-    ("weird", 60)])
+    ("weird", 60), ("5m", 60), ("99999D", 60), ("10000", 10000 * 60)])
 def test_no_mae_waits_for_the_first_bar_of_the_charts_timeframe(db, clock, timeframe,
                                                                   bar_seconds):
     """A daily chart's entry has no MAE for a day, not a minute (0.5.3 read "1D" as one
     minute). Months are calendar months: from Dec 15 one is 31 days, three are 90. A timeframe
-    that says nothing counts as one minute."""
+    that says nothing (a hand-typed "5m", a count past 10000) counts as one minute."""
     send(db, clock, **entry(mae_global_r=None, timeframe=timeframe))     # at START + grace 60
     at(clock, bar_seconds + 60)
     assert gaps(db, clock)["no_mae"] == "expected"
@@ -219,8 +219,10 @@ _serial = itertools.count()
 @hypothesis.settings(max_examples=60, deadline=None,
                      suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture])
 @hypothesis.given(
-    timeframe=st.one_of(st.from_regex(r"\A[0-9]{0,4}[SDWMsdwm]?\Z"),
-                        st.sampled_from(["", "X", "1H", " 5", "5 ", "-1", "1.5"])),
+    timeframe=st.one_of(st.from_regex(r"\A[0-9]{0,6}[SDWMsdwm]?\Z"),
+                        st.sampled_from(["", "X", "1H", " 5", "5 ", "-1", "1.5", "٥", "５",
+                                         "٥D", "30ſ", "9" * 30 + "S", "10000M", "10001D"]),
+                        st.text(max_size=8)),
     moment=st.datetimes(min_value=dt.datetime(2000, 1, 1), max_value=dt.datetime(2099, 12, 31),
                         timezones=st.just(dt.timezone.utc)))
 @hypothesis.example(timeframe="M", moment=dt.datetime(2025, 1, 31, 12, tzinfo=dt.timezone.utc))

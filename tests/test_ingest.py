@@ -65,7 +65,7 @@ def test_a_bars_naive_time_is_utc_while_an_events_naive_timestamp_is_new_york(db
         0]["payload"])["event_timestamp"] == "2025-12-15T14:42:00.000Z"
 
 
-@pytest.mark.parametrize("timeframe", ["99999999999", "9" * 5000, "D"])
+@pytest.mark.parametrize("timeframe", ["99999999999", "9" * 5000, "1H", "٥"])
 def test_a_bar_whose_timeframe_is_no_usable_length_is_a_price_as_of_its_open(db, clock,
                                                                              timeframe):
     bar = {"event_type": "BAR", "symbol": "MNQ1!", "timeframe": timeframe,
@@ -73,6 +73,19 @@ def test_a_bar_whose_timeframe_is_no_usable_length_is_a_price_as_of_its_open(db,
     sigsync.ingest(db, json.dumps(bar).encode(), now=clock.now())
     assert db.query("SELECT price, received_at FROM symbol_prices") == [
         {"price": 1.5, "received_at": "2025-12-15T13:42:00.000Z"}]
+
+
+@pytest.mark.parametrize("timeframe, opened, as_of", [
+    ("D", "2025-12-15T13:42:00Z", "2025-12-15T14:00:00.000Z"),     # not closed: its arrival
+    ("1D", "2025-12-13T14:30:00Z", "2025-12-14T14:30:00.000Z"),    # closed: open + 1 day
+    ("30S", "2025-12-15T13:42:00Z", "2025-12-15T13:42:30.000Z"),
+    ("W", "2025-12-01T00:00:00Z", "2025-12-08T00:00:00.000Z")])
+def test_a_bars_price_is_as_of_its_close_in_its_timeframe(db, clock, timeframe, opened, as_of):
+    bar = {"event_type": "BAR", "symbol": "MNQ1!", "timeframe": timeframe, "time": opened,
+           "open": 1, "high": 2, "low": 0.5, "close": 1.5}
+    sigsync.ingest(db, json.dumps(bar).encode(), now=clock.now())      # at 14:00Z
+    assert db.query("SELECT price, received_at FROM symbol_prices") == [
+        {"price": 1.5, "received_at": as_of}]
 
 
 @pytest.mark.parametrize("value", ["yesterday", "2025-13-01T00:00:00", "", True, {"a": 1},

@@ -282,6 +282,8 @@ def test_a_version_1_database_is_migrated_in_place_and_keeps_its_log(tmp_path):
         assert "instr(symbol" in db.query("SELECT sql FROM sqlite_schema "
                                           "WHERE name = 'signals_pending'")[0]["sql"]
         assert db.query("PRAGMA user_version")[0]["user_version"] == sigsync.schema_version() == 5
+        migrated_indexes = db.query("SELECT name, sql FROM sqlite_schema WHERE type = 'index' "
+                                    "AND name LIKE 'signals_%' ORDER BY name")
         kept = db.query("SELECT raw_body FROM rejected")
         assert len(kept) == 2 and db.query(
             "SELECT value FROM counters WHERE name = 'dead_letter_bytes'")[0]["value"] == sum(
@@ -296,6 +298,9 @@ def test_a_version_1_database_is_migrated_in_place_and_keeps_its_log(tmp_path):
         assert again.events[0]["duplicate"]
         assert db.query("SELECT received_at FROM event_repeats") == [
             {"received_at": "2025-12-15T16:00:00.000Z"}]
+    with open_database(tmp_path / "fresh.db") as fresh:       # the same indexes, word for word
+        assert fresh.query("SELECT name, sql FROM sqlite_schema WHERE type = 'index' "
+                           "AND name LIKE 'signals_%' ORDER BY name") == migrated_indexes
 
 
 def test_a_version_4_database_gets_its_no_mae_deadlines_read_from_the_timeframe(tmp_path):
