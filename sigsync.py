@@ -183,8 +183,8 @@ def _check_time_zone(name):
 
 @functools.lru_cache(maxsize=1)
 def _display_zones():
-    return frozenset(z for z in zoneinfo.available_timezones()
-                     if z not in ("Factory", "localtime") and not z.startswith(("posix/", "right/")))
+    return frozenset(z for z in zoneinfo.available_timezones() if z not in ("Factory", "localtime")
+                     and not z.startswith(("posix/", "right/")))
 
 
 def _is_loopback(host):
@@ -802,19 +802,18 @@ def _migrate(conn):
     if version > target:
         raise SigsyncError(f"database schema version {version} is newer than this program "
                            f"({target}); upgrade sigsync")
+    migrated = []                   # the versions this opening migrated to, in order
     with conn:
-        fresh = version == 0 and not _table_names(conn)
-        if fresh:
+        if version == 0 and not _table_names(conn):
             conn.execute(tables)
         else:
-            migrated = []
             while version < target:
                 conn.execute(MIGRATIONS[version])
                 version += 1
                 conn.execute(f"PRAGMA user_version = {version}")
                 migrated.append(version)
         conn.execute(views)
-        for version in migrated if not fresh else ():
+        for version in migrated:
             if version in AFTER_VIEWS:
                 conn.execute(AFTER_VIEWS[version])
 
@@ -3217,7 +3216,8 @@ def signal_detail(db, now, trade_id):
     _conflict_sides(signal_row["conflicts"], events)
     health = signal_health(db, now, [trade_id]).get(trade_id, {})
     return {"trade_id": trade_id, "status": signal_row["status"],
-            "status_source": signal_row["status_source"], "be_state": signal_row["be_state"], "health_score": health.get("health_score", 100),
+            "status_source": signal_row["status_source"], "be_state": signal_row["be_state"],
+            "health_score": health.get("health_score", 100),
             "fields": fields, "conflicts": signal_row["conflicts"], "events": events,
             "audit": audit, "gaps": open_gaps(db, now, trade_id=trade_id)}
 

@@ -142,9 +142,9 @@
   // cancellation by alternation) carries "inferred", so it never reads as the indicator's news.
   const INFERRED_STATUS = {
     EXITED: "inferred: no EXIT arrived; a price sample past the stop says the trade is over " +
-      "(confidence 0.70, see the detail's audit)",
+      "(how sure: the detail's fields and audit)",
     CANCELLED: "inferred: no CANCELLED arrived; an opposite signal on the same market came " +
-      "before confirmation (confidence 0.95)",
+      "before confirmation (how sure: the detail's fields and audit)",
   };
   function statusBadge(status, s) {
     const cls = STATUS_CLASSES.has(status) ? `status st-${status}` : "status";
