@@ -1457,8 +1457,9 @@ def load_signal(conn, trade_id):
     return row
 
 
-def save_signal(conn, row, *, now, run_id=None, count_fills=True):
-    """Write the row, and an audit row for every change queued on it.
+def save_signal(conn, row, *, now, run_id=None, audit=True):
+    """Write the row, and an audit row for every change queued on it (or, with audit False,
+    drop them: rebuild's replay, whose changes the audit log holds already).
 
     A loaded row is updated in place, and only in the columns that changed: the row keeps its
     place, untouched indexes are not rewritten, and the gap trigger fires only when a column it
@@ -1476,7 +1477,10 @@ def save_signal(conn, row, *, now, run_id=None, count_fills=True):
             conn.execute(f"UPDATE signals SET {sets} WHERE trade_id = ?",
                          [values[i] for i in changed] + [row["trade_id"]])
     row["_stored"] = values
-    for a in row.pop("_audit", ()):
+    queued = row.pop("_audit", ())
+    if not audit:
+        return
+    for a in queued:
         conn.execute(
             "INSERT INTO sync_audit_log(run_id, created_at, trade_id, field, old_value, "
             "new_value, data_source, confidence, tier, reason, evidence) "
@@ -1485,7 +1489,7 @@ def save_signal(conn, row, *, now, run_id=None, count_fills=True):
              None if a["old"] is None else _canonical(a["old"]),
              None if a["new"] is None else _canonical(a["new"]), a["source"], a["confidence"],
              a["tier"], a["reason"], None if a["evidence"] is None else _canonical(a["evidence"])))
-        if run_id is not None and a["new"] is not None and count_fills:
+        if run_id is not None and a["new"] is not None:
             _bump(conn, f"filled:{a['tier']}")
 
 
@@ -1602,9 +1606,8 @@ def derive_event(conn, event, cache=None):
     trade_id = event["trade_id"]
     if trade_id is None:
         return
-    if cache is not None:
-        row = cache.get(trade_id)
-    else:
+    row = cache.get(trade_id) if cache is not None else None
+    if row is None:
         row = load_signal(conn, trade_id)
     if row is None:
         row = new_signal(trade_id, event["received_at"])
@@ -2355,23 +2358,16 @@ def _sync_locked(db, now, trigger, full, fresh_seconds, stop=None):
         return _skip(db, now, trigger, f"pass {running[0][0]} is still running")
     counts, examined = {}, 0
     try:
-        work = _work_set(db, mark, top, full)
+        work = _work_set(db.reader(), mark, top, full)
         examined = len(work)
         for tiers in PHASES:
             for start in range(0, len(work), SYNC_CHUNK):
                 if stop is not None and stop.is_set():
                     raise PassInterrupted("the service is stopping")
                 with db.write() as conn:
-                    ctx = PassContext(conn, now, fresh_seconds)
-                    for trade_id in work[start:start + SYNC_CHUNK]:
-                        row = load_signal(conn, trade_id)
-                        if row is None:
-                            continue
-                        for tier, n in reconcile(row, ctx, tiers).items():
-                            counts[tier] = counts.get(tier, 0) + n
-                        if row.get("_audit"):
-                            save_signal(conn, row, now=iso(now), run_id=run_id,
-                                        count_fills=trigger != "rebuild")
+                    _pass_over(conn, work[start:start + SYNC_CHUNK],
+                               PassContext(conn, now, fresh_seconds), tiers, counts,
+                               run_id=run_id)
         outcome, error = "ok", None
     except PassInterrupted as e:
         outcome, error = "failed", f"{type(e).__name__}: {e}"
@@ -2404,6 +2400,19 @@ def _sync_locked(db, now, trigger, full, fresh_seconds, stop=None):
     return result
 
 
+def _pass_over(conn, trade_ids, ctx, tiers, counts, **save):
+    """Run the tiers over these signals, adding the fields changed to counts by tier; write
+    the rows they changed (save_signal's keywords: the run, or no audit)."""
+    for trade_id in trade_ids:
+        row = load_signal(conn, trade_id)
+        if row is None:
+            continue
+        for tier, n in reconcile(row, ctx, tiers).items():
+            counts[tier] = counts.get(tier, 0) + n
+        if row.get("_audit"):
+            save_signal(conn, row, now=iso(ctx.now), **save)
+
+
 class PassInterrupted(SigsyncError):
     """The service stopped during a pass (see sync_once's `stop`)."""
 
@@ -2416,9 +2425,8 @@ class SyncFailed(SigsyncError):
         self.result = result
 
 
-def _work_set(db, mark, top, full):
-    """The trade_ids a pass must look at, in a stable order."""
-    reader = db.reader()
+def _work_set(reader, mark, top, full):
+    """The trade_ids a pass must look at, in a stable order (read on the given connection)."""
     if full:
         return [r[0] for r in reader.execute("SELECT trade_id FROM signals ORDER BY trade_id")]
     touched, priced = set(), set()     # trades with new events; markets with new price bars
@@ -2472,46 +2480,102 @@ DERIVED_TABLES = ("signals", "bars", "symbol_prices", "symbol_activity", "signal
 
 
 def rebuild(db, *, now, fresh_seconds=PRICE_FRESH_SECONDS):
-    """Recompute every derived table from the event log, then run one full pass.
+    """Recompute every derived table from the log, the recorded passes replayed where they ran.
 
-    The fold runs in one transaction; the pass re-makes the estimates as of the last live pass
-    (so price freshness is judged as the loop judged it); fills it makes are audited but not
-    counted again in the per-tier totals.
+    The log is folded in arrival order, and each good pass of sync_runs is run again at its
+    place in it: before the first event it had not seen (or a repeat received after it
+    started), at its own moment (so a price is exactly as fresh as it was then), over its own
+    work (its event range, or everything for a full pass), on the rows and prices the log had
+    made by then. The estimates are then those the loop made, including those whose evidence
+    has aged out since. Nothing is written to sync_runs or the audit log: those passes and
+    their fills are recorded there already. (A webhook committed while a pass ran may have
+    been seen by it live and not in the replay, or the other way round: the log does not
+    say which.)
     """
-    last = db.query("SELECT max(started_at) AS at FROM sync_runs WHERE outcome = 'ok' "
-                    "AND trigger <> 'rebuild'")[0]["at"]
-    as_of = from_iso(last) if last else now   # judge freshness as the live loop last did
-    result = refold(db, now=now)
-    run = sync_once(db, now=as_of, trigger="rebuild", full=True, fresh_seconds=fresh_seconds)
-    return {**result, "changes": run["changes"]}
+    passes = db.query("SELECT started_at, full_pass, from_event_id, to_event_id FROM sync_runs "
+                      "WHERE outcome = 'ok' ORDER BY run_id")
+    return _fold_log(db, now=now, passes=passes, fresh_seconds=fresh_seconds)
 
 
 def refold(db, *, now):
-    """Recompute the derived tables from the event log (the fold only), in one transaction."""
+    """Recompute the derived tables from the event log (the fold only), in one transaction:
+    what the bulk loaders run once at the end."""
+    return _fold_log(db, now=now, passes=())
+
+
+def _fold_log(db, *, now, passes, fresh_seconds=PRICE_FRESH_SECONDS):
+    """The derived tables emptied, then the log folded in arrival order (events and repeats,
+    by request), each of `passes` run before the first item it had not seen; one transaction.
+    """
+    passes = collections.deque(passes)
+    counts, replayed = {}, 0
     with db.write() as conn:
         for table in DERIVED_TABLES:
             conn.execute(f"DELETE FROM {table}")
-        cache = {}
-        cur = conn.cursor()
+        cache, dirty = {}, set()           # rows folded in memory; those not yet written
+
+        def flush():
+            for trade_id in dirty:
+                save_signal(conn, cache[trade_id], now=iso(now), audit=False)
+            dirty.clear()
+
+        def replay(run):
+            flush()
+            ctx = PassContext(conn, from_iso(run["started_at"]), fresh_seconds)
+            work = _work_set(conn, run["from_event_id"], run["to_event_id"], run["full_pass"])
+            for tiers in PHASES:
+                _pass_over(conn, work, ctx, tiers, counts, audit=False)
+            for trade_id in work:          # the pass wrote them: the cached copies are old
+                cache.pop(trade_id, None)
+
         count = 0
-        for event_id, received_at, etype, trade_id, payload, dedup_key in cur.execute(
-                "SELECT event_id, received_at, event_type, trade_id, payload, dedup_key "
-                "FROM events ORDER BY event_id"):
-            derive_event(conn, {"event_id": event_id, "received_at": received_at,
-                                "event_type": etype, "trade_id": trade_id,
-                                "payload": json.loads(payload), "dedup_key": dedup_key},
-                         cache)
-            count += 1
-        for trade_id, payload, received_at, key in conn.cursor().execute(
-                "SELECT e.trade_id, e.payload, r.received_at, r.symbol_key "
-                "FROM event_repeats AS r JOIN events AS e USING (event_id) "
-                "ORDER BY r.request_id, r.event_id"):
-            _touch_market(conn, key, received_at)
-            if trade_id in cache:
-                fold_repeat(cache[trade_id], json.loads(payload), received_at)
-        for row in cache.values():
-            save_signal(conn, row, now=iso(now))
-    return {"events": count, "signals": len(cache)}
+        for kind, request_id, received_at, item in _arrivals(conn):
+            while passes and (item[0] > passes[0]["to_event_id"] if kind == "event"
+                              else received_at > passes[0]["started_at"]):
+                replay(passes.popleft())
+                replayed += 1
+            if kind == "event":
+                event_id, etype, trade_id, payload, dedup_key = item
+                derive_event(conn, {"event_id": event_id, "received_at": received_at,
+                                    "event_type": etype, "trade_id": trade_id,
+                                    "payload": json.loads(payload), "dedup_key": dedup_key},
+                             cache)
+                count += 1
+            else:
+                event_id, trade_id, payload, key = item
+                _touch_market(conn, key, received_at)
+                row = cache.get(trade_id) or load_signal(conn, trade_id)
+                if row is None:
+                    continue
+                fold_repeat(row, json.loads(payload), received_at)
+                cache[trade_id] = row
+            if trade_id is not None and trade_id in cache:
+                dirty.add(trade_id)
+        while passes:                      # passes after the last arrival
+            replay(passes.popleft())
+            replayed += 1
+        flush()
+        signals = conn.execute("SELECT count(*) FROM signals").fetchall()[0][0]
+    return {"events": count, "signals": signals, "passes": replayed,
+            "changes": sum(counts.values())}
+
+
+def _arrivals(conn):
+    """The log in arrival order: ("event", request_id, received_at, (event_id, type, trade_id,
+    payload, dedup_key)) and ("repeat", request_id, received_at, (event_id, trade_id, payload,
+    symbol_key)), merged by request (a request's new events before its repeats)."""
+    events = (("event", request_id, received_at, (event_id, etype, trade_id, payload, key))
+              for event_id, request_id, received_at, etype, trade_id, payload, key
+              in conn.cursor().execute(
+                  "SELECT event_id, request_id, received_at, event_type, trade_id, payload, "
+                  "dedup_key FROM events ORDER BY event_id"))
+    repeats = (("repeat", request_id, received_at, (event_id, trade_id, payload, key))
+               for request_id, event_id, received_at, key, trade_id, payload
+               in conn.cursor().execute(
+                   "SELECT r.request_id, r.event_id, r.received_at, r.symbol_key, e.trade_id, "
+                   "e.payload FROM event_repeats AS r JOIN events AS e USING (event_id) "
+                   "ORDER BY r.request_id, r.event_id"))
+    return heapq.merge(events, repeats, key=lambda a: (a[1], a[0] == "repeat", a[3][0]))
 
 
 def replay_rejected(db, *, now, include_auth=False, ids=None):
@@ -4030,8 +4094,10 @@ def cmd_rebuild(args, config, clock):
         result = rebuild(db, now=clock.now(), fresh_seconds=config.price_fresh_seconds)
     finally:
         db.close()
+    passes = result["passes"]
     print(f"rebuilt {result['signals']} signals from {result['events']} events; "
-          f"reconciliation filled {result['changes']} fields")
+          f"{passes} reconciliation pass{'' if passes == 1 else 'es'} replayed "
+          f"({result['changes']} fields filled)")
     return 0
 
 

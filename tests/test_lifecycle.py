@@ -290,3 +290,50 @@ def test_rebuild_gives_the_same_derived_tables_as_live_ingestion(db, clock):
     rebuilt = derived_tables(db)
     assert rebuilt == live
     assert result["signals"] == len(live["signals"])
+
+
+PRICES = [json.dumps({"event_type": "MFE_UPDATE", "trade_id": "20251215_090000000_BEARISH",
+                      "symbol": "MNQ1!", "current_price": price}).encode()
+          for price in (25500.0, 25650.0, 25700.0, 25900.0)]     # another trade's prices
+# A trade that sends no excursions of its own (the pass estimates them from those prices) and
+# a pending signal that a later opposite one cancels by alternation.
+BARE = "20251215_093000000_BULLISH"
+SPARSE = [json.dumps(e).encode() for e in (
+    {"event_type": "ENTRY", "trade_id": BARE, "direction": "Bullish", "symbol": "MNQ1!",
+     "timeframe": "1", "entry_price": 25680.0, "stop_loss": 25640.0},
+    {"event_type": "EXIT_BE", "trade_id": BARE, "exit_price": 25680.0},
+    {"event_type": "MFE_UPDATE", "trade_id": BARE, "symbol": "MNQ1!", "mae_global_r": -0.2},
+    {"event_type": "SIGNAL_CREATED", "trade_id": "20251215_092000000_BEARISH",
+     "direction": "Bearish", "symbol": "MNQ1!", "timeframe": "1",
+     "event_timestamp": "2025-12-15T09:20:00"})]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), first=trades(), second=trades())
+def test_rebuild_replays_the_passes_where_they_ran(data, first, second):
+    """Live: three trades' events (resends among them), other trades' prices of the market, and
+    incremental or full passes, at moments minutes apart. A rebuild from the log then gives
+    exactly the derived tables the live loop left, estimates and inferences included: prices
+    judged as fresh as they were, exits inferred and withdrawn, cancellations by alternation."""
+    bodies = [json.dumps(e).encode() for e in first[1] + second[1]]
+    pool = bodies + SPARSE * 3 + PRICES * 3 + ["pass"] * 6 + ["full pass"] * 2
+    ops = data.draw(st.lists(st.sampled_from(pool), min_size=3, max_size=40),
+                    label="operations")
+    # mostly seconds apart (a price is fresh for 10 minutes), now and then an hour
+    gaps = data.draw(st.lists(st.one_of(st.integers(1, 120_000), st.integers(1, 3_600_000)),
+                              min_size=len(ops), max_size=len(ops)), label="ms before each")
+    at = START
+    with tempfile.TemporaryDirectory() as tmp:
+        db = sigsync.open_db(f"{tmp}/p.db")
+        try:
+            for op, gap in zip(ops, gaps):
+                at += dt.timedelta(milliseconds=gap)
+                if isinstance(op, str):
+                    sigsync.sync_once(db, now=at, full=op == "full pass")
+                else:
+                    sigsync.ingest(db, op, now=at)
+            live = derived_tables(db)
+            rebuilt = rebuilt_from_scratch(db, at + dt.timedelta(hours=1))
+        finally:
+            db.close()
+    assert rebuilt == live

@@ -6,7 +6,7 @@ import json
 import pytest
 
 import sigsync
-from conftest import START, derived_tables, rebuilt_from_scratch, signal_row
+from conftest import START, derived_tables, rebuilt_from_scratch, signal_row, wipe_derived
 
 BULL = "20251215_100000000_BULLISH"       # 10:00 New York = 15:00Z
 BEAR = "20251215_100300000_BEARISH"       # 10:03
@@ -605,7 +605,7 @@ def test_the_work_set_of_a_backlog_costs_one_query_per_symbol_and_direction(db, 
     statements = []
     reader.exec_trace = lambda cursor, sql, bindings: statements.append(sql) or True
     try:
-        work = sigsync._work_set(db, 0, 10 ** 9, False)
+        work = sigsync._work_set(reader, 0, 10 ** 9, False)
     finally:
         reader.exec_trace = None
     assert len(work) == 60
@@ -618,18 +618,18 @@ def test_the_work_set_of_a_backlog_costs_one_query_per_symbol_and_direction(db, 
 def test_the_indicators_own_exit_replaces_an_inferred_one_whole_as_rebuild_does(
         db, clock, exit_type):
     """An inferred exit, then the received one: none of the inference stays (its time, its
-    reason, the BE leg's inferred exit), the change is audited, and rebuild agrees. (The
-    trade's own MAE is received here: a price estimate of it, made while the trade looked open,
-    is one that rebuild does not re-make once the trade is known to be closed.)"""
+    reason, the BE leg's inferred exit), the change is audited, and rebuild agrees, down to
+    the MAE estimated from the price while the trade looked open (rebuild replays that pass)."""
     send(db, clock, **entry(BULL))                    # entry 25680, stop 25640
     send(db, clock, event_type="BE_TRIGGERED", trade_id=BULL, no_be_mfe=1.0)
-    send(db, clock, event_type="MFE_UPDATE", trade_id=BULL, no_be_mfe=1.0, mae_global_r=-0.5)
+    send(db, clock, event_type="MFE_UPDATE", trade_id=BULL, no_be_mfe=1.0)
     clock.advance(60)
     send(db, clock, event_type="MFE_UPDATE", trade_id="20251215_090000000_BEARISH",
          symbol="MNQ1!", current_price=25630.0)      # past the stop
     sigsync.sync_once(db, now=clock.advance(10))
     row = signal_row(db, BULL)
     assert row["exit_reason"] == "inferred_stop_crossed" and row["exit_be_at"] is not None
+    assert (row["mae"], prov(row, "mae")) == (-1.25, ["calculated", 0.8])
     clock.advance(50)
     send(db, clock, event_type=exit_type, trade_id=BULL, exit_price=25639.5)
     row = signal_row(db, BULL)
@@ -648,6 +648,53 @@ def test_the_indicators_own_exit_replaces_an_inferred_one_whole_as_rebuild_does(
     sigsync.sync_once(db, now=clock.advance(10))
     live = derived_tables(db)
     assert rebuilt_from_scratch(db, clock.now()) == live
+
+
+def test_a_break_even_exit_after_an_inferred_exit_keeps_it_and_rebuild_agrees(db, clock):
+    """The BE leg's own exit, received after a price past the stop, agrees with the inferred
+    exit (the price crossed the entry on its way down): the trade stays EXITED, as inferred.
+    Rebuild replays the pass where it ran; it used to run one pass at the end, which judged
+    the same price older than the EXIT_BE and left the trade ACTIVE."""
+    send(db, clock, **entry(BULL))                    # entry 25680, stop 25640
+    send(db, clock, event_type="BE_TRIGGERED", trade_id=BULL, no_be_mfe=1.0)
+    clock.advance(60)
+    send(db, clock, event_type="MFE_UPDATE", trade_id="20251215_090000000_BEARISH",
+         symbol="MNQ1!", current_price=25630.0)      # past the stop
+    sigsync.sync_once(db, now=clock.advance(10))
+    clock.advance(30)
+    send(db, clock, event_type="EXIT_BE", trade_id=BULL, exit_price=25680.0)
+    sigsync.sync_once(db, now=clock.advance(10))
+    row = signal_row(db, BULL)
+    assert row["status"] == "EXITED" and row["exit_reason"] == "inferred_stop_crossed"
+    assert prov(row, "exit_be_at") == ["indicator", 1.0]
+    live = derived_tables(db)
+    runs, audited = db.query("SELECT * FROM sync_runs"), audit(db)
+    assert rebuilt_from_scratch(db, clock.now()) == live
+    assert db.query("SELECT * FROM sync_runs") == runs and audit(db) == audited   # no history
+
+
+def test_rebuild_keeps_an_estimate_whose_price_has_aged_out_since(db, clock):
+    """A pass estimated the MFE from a then-fresh price; hours later that price is stale. The
+    estimate was sound when made and stays live; rebuild re-makes it by running that pass at
+    its own moment (it used to judge freshness at the last pass only, and lost it)."""
+    send(db, clock, **entry(BULL))                    # entry 25680, risk 40
+    clock.advance(60)
+    send(db, clock, event_type="MFE_UPDATE", trade_id="20251215_090000000_BEARISH",
+         symbol="MNQ1!", current_price=25700.0)      # +0.5R for BULL
+    sigsync.sync_once(db, now=clock.advance(10))
+    assert prov(signal_row(db, BULL), "no_be_mfe") == ["calculated", 0.8]
+    clock.advance(3 * 3600)                           # the price is long stale now
+    send(db, clock, **entry(BULL2))
+    sigsync.sync_once(db, now=clock.advance(10))
+    row = signal_row(db, BULL)
+    assert (row["no_be_mfe"], prov(row, "no_be_mfe")) == (0.5, ["calculated", 0.8])
+    live = derived_tables(db)
+    result = sigsync.rebuild(db, now=clock.advance(3600))
+    assert derived_tables(db) == live
+    assert result["passes"] == 2 and result["changes"] > 0
+    wipe_derived(db)
+    sigsync.refold(db, now=clock.now())               # the fold alone: no estimate
+    assert signal_row(db, BULL)["no_be_mfe"] is None
 
 
 def test_a_received_break_even_exit_replaces_an_inferred_one(db, clock):
