@@ -1665,8 +1665,11 @@ def _withdraw_inferred_exit(row, etype, p, received):
     if inferred and etype == "MFE_UPDATE" and received > inferred["evidence_received_at"] \
             and (p.get("mae_global_r") is None or p["mae_global_r"] > -1.0):
         del row["fold_state"]["inferred_exit"]
-        retract(row, EXIT_FIELDS, "the trade's own later update shows it still open: the "
-                                  "inferred exit was wrong")
+        reason = "the trade's own later update shows it still open: the inferred exit was wrong"
+        retract(row, EXIT_FIELDS, reason)
+        if row["mae"] is not None and row["mae"] <= -1.0:
+            # an estimate past the stop came from the price that inferred the exit: as wrong
+            retract(row, ("mae",), reason)
         return True
     return False
 

@@ -592,6 +592,31 @@ def test_a_repeat_of_the_trades_own_update_withdraws_an_inferred_exit_as_rebuild
     assert rebuilt_from_scratch(db, clock.now()) == live
 
 
+def test_a_withdrawn_inferred_exit_takes_its_mae_estimate_with_it(db, clock):
+    """The price that put the trade past its stop also gave its MAE estimate (-1.25R). The
+    trade's own later update, with no MAE of its own, shows it open: the exit was wrong, and so
+    is an MAE past the stop. Both are withdrawn, audited; the stale price re-makes neither."""
+    send(db, clock, **entry(BULL))                    # entry 25680, stop 25640
+    clock.advance(30)
+    send(db, clock, event_type="MFE_UPDATE", trade_id="20251215_090000000_BEARISH",
+         symbol="MNQ1!", current_price=25630.0)      # -1.25R for BULL
+    sigsync.sync_once(db, now=clock.advance(10))
+    row = signal_row(db, BULL)
+    assert row["status"] == "EXITED" and (row["mae"], prov(row, "mae")) == (
+        -1.25, ["calculated", 0.8])
+    clock.advance(20)
+    send(db, clock, event_type="MFE_UPDATE", trade_id=BULL, symbol="MNQ1!", no_be_mfe=0.2)
+    row = signal_row(db, BULL)
+    assert row["status"] == "ACTIVE" and row["mae"] is None and prov(row, "mae") is None
+    withdrawn = {a["field"]: json.loads(a["old_value"]) for a in audit(db, BULL)
+                 if a["tier"] == "ingest" and "inferred exit was wrong" in a["reason"]}
+    assert withdrawn["mae"] == -1.25 and withdrawn["exit_price"] == 25640.0
+    sigsync.sync_once(db, now=clock.advance(10))
+    assert signal_row(db, BULL)["mae"] is None
+    live = derived_tables(db)
+    assert rebuilt_from_scratch(db, clock.now()) == live
+
+
 def test_the_work_set_of_a_backlog_costs_one_query_per_symbol_and_direction(db, clock):
     """A backlog of alternating pending signals (an import, a restart after downtime) must not
     cost one scan of the pending signals per touched signal: that made a 10k backlog take a
