@@ -2264,9 +2264,14 @@ def _tier3_trade_id(row, ctx):
 
 
 def _cancellation(row, ctx):
-    """SPEC 3.3: a PENDING signal followed by an opposite one on its symbol is cancelled then."""
+    """SPEC 3.3: a PENDING signal followed by an opposite one on its symbol is cancelled then;
+    a cancellation so inferred follows the next opposite signal when an earlier one arrives
+    late."""
     fs = row["fold_state"]
-    if row["status"] != "PENDING" or row["symbol"] is None or row["signal_time"] is None:
+    if row["symbol"] is None or row["signal_time"] is None:
+        return 0
+    if row["status"] != "PENDING" and not (row["status"] == "CANCELLED"
+                                           and fs.get("inferred_cancel")):
         return 0
     later = ctx.next_opposite(row)
     if later is None:
@@ -2282,14 +2287,12 @@ def _cancellation(row, ctx):
             bars = None
     reason = "alternation: an opposite signal on the same market before confirmation"
     evidence = {"cancelled_by": later["trade_id"], "its_signal_time": later["signal_time"]}
-    changes = estimate(row, "cancelled_at", later["signal_time"], "inferred", 0.95,
-                       "cancellation", reason, evidence)
-    changes += estimate(row, "cancelled_by", later["trade_id"], "inferred", 0.95,
-                        "cancellation", reason, evidence)
-    changes += estimate(row, "bars_pending", bars, "inferred", 0.95, "cancellation", reason,
-                        evidence)
-    changes += estimate(row, "cancel_reason", "opposite_signal", "inferred", 0.95,
-                        "cancellation", reason, evidence)
+    changes = 0
+    for field, value in (("cancelled_at", later["signal_time"]),
+                         ("cancelled_by", later["trade_id"]), ("bars_pending", bars),
+                         ("cancel_reason", "opposite_signal")):
+        changes += estimate(row, field, value, "inferred", 0.95, "cancellation", reason,
+                            evidence, update=True)
     _derive_status(row)
     return changes
 
@@ -2444,7 +2447,7 @@ def _work_set(reader, mark, top, full):
     if not touched and not priced:
         return []
     work = set(touched)
-    symbols, latest = set(), {}
+    symbols, latest, earliest = set(), {}, {}
     for trade_id in touched:
         for symbol, signal_time, direction in reader.execute(
                 "SELECT symbol, coalesce(signal_time, id_time), "
@@ -2453,16 +2456,27 @@ def _work_set(reader, mark, top, full):
                 continue
             market = symbol_key(symbol)
             symbols.add(market)
-            if signal_time is not None and signal_time > latest.get((market, direction), ""):
-                latest[market, direction] = signal_time
+            if signal_time is not None:
+                key = (market, direction)
+                latest[key] = max(signal_time, latest.get(key, signal_time))
+                earliest[key] = min(signal_time, earliest.get(key, signal_time))
     # Pending signals a touched one may cancel: earlier, same market, opposite direction. Only
     # the latest touched signal of each market and direction matters (one query each, not one
-    # per touched signal: a backlog of thousands stays linear).
+    # per touched signal: a backlog of thousands stays linear). And cancelled ones it may have
+    # come before, now their next opposite signal (it arrived late): those since the signal of
+    # its direction before the earliest touched one (any earlier one was cancelled by that).
     for (market, direction), signal_time in latest.items():
         work.update(r[0] for r in reader.execute(
             f"SELECT trade_id FROM signals WHERE {MARKET_SQL} = ? AND signal_time < ? AND "
             "status = 'PENDING' AND coalesce(direction, id_direction) <> ?",
             (market, signal_time, direction)))
+        work.update(r[0] for r in reader.execute(
+            f"SELECT trade_id FROM signals WHERE {MARKET_SQL} = ?1 AND signal_time < ?3 AND "
+            "signal_time > coalesce((SELECT signal_time FROM signals WHERE "
+            f"{MARKET_SQL} = ?1 AND signal_time < ?2 AND coalesce(direction, id_direction) = ?4 "
+            "ORDER BY signal_time DESC LIMIT 1), '') AND status = 'CANCELLED' AND "
+            "coalesce(direction, id_direction) <> ?4",
+            (market, earliest[market, direction], signal_time, direction)))
     # Open trades that a fresh price of their market may move (any exchange prefix): the
     # markets of the touched trades, whose MFE updates carry prices, and of the new bars.
     markets = symbols | priced

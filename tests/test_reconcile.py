@@ -617,6 +617,38 @@ def test_a_withdrawn_inferred_exit_takes_its_mae_estimate_with_it(db, clock):
     assert rebuilt_from_scratch(db, clock.now()) == live
 
 
+def test_an_inferred_cancellation_follows_an_earlier_opposite_signal_that_arrives_late(
+        db, clock):
+    """SPEC 3.3: cancelled by the *next* opposite signal. Z 09:50 Bull, P 09:55 Bear, A 10:00
+    and A2 10:02 Bull, C 10:10 Bear: a pass cancels Z by P, A and A2 by C. B 10:05 Bear arrives
+    late: A and A2 now point at B (its time, 5 and 3 bars), audited; Z keeps P, and the pass
+    does not even look at it. Rebuild agrees."""
+    z, p, a, a2, c, b = ("20251215_095000000_BULLISH", "20251215_095500000_BEARISH",
+                         "20251215_100000000_BULLISH", "20251215_100200000_BULLISH",
+                         "20251215_101000000_BEARISH", "20251215_100500000_BEARISH")
+    for trade_id in (z, p, a, a2, c):
+        send(db, clock, **created(trade_id))
+    sigsync.sync_once(db, now=clock.advance(10))
+    assert signal_row(db, a)["cancelled_by"] == c and signal_row(db, z)["cancelled_by"] == p
+    clock.advance(30)
+    send(db, clock, **created(b))
+    run = sigsync.sync_once(db, now=clock.advance(10))
+    for trade_id, bars in ((a, 5), (a2, 3)):
+        row = signal_row(db, trade_id)
+        assert row["status"] == "CANCELLED"
+        assert (row["cancelled_by"], row["cancelled_at"], row["bars_pending"]) == (
+            b, "2025-12-15T15:05:00.000Z", bars)
+        assert prov(row, "cancelled_by") == ["inferred", 0.95]
+        moved = [x for x in audit(db, trade_id) if x["field"] == "cancelled_by"]
+        assert [(x["old_value"], x["new_value"]) for x in moved] == [
+            (None, json.dumps(c)), (json.dumps(c), json.dumps(b))]
+        assert moved[-1]["run_id"] == run["run_id"]
+    assert signal_row(db, z)["cancelled_by"] == p
+    assert run["examined"] == 3                       # B, A and A2: not Z, not C
+    live = derived_tables(db)
+    assert rebuilt_from_scratch(db, clock.now()) == live
+
+
 def test_the_work_set_of_a_backlog_costs_one_query_per_symbol_and_direction(db, clock):
     """A backlog of alternating pending signals (an import, a restart after downtime) must not
     cost one scan of the pending signals per touched signal: that made a 10k backlog take a
@@ -636,7 +668,9 @@ def test_the_work_set_of_a_backlog_costs_one_query_per_symbol_and_direction(db, 
     assert len(work) == 60
     scans = [s for s in statements if "status = 'PENDING'" in s]
     assert len(scans) == 2                     # MNQ1! x (Bullish, Bearish)
-    assert len(statements) <= 60 + 2 + 1 + 1   # touched lookups, scans, open trades, events
+    cancelled = [s for s in statements if "status = 'CANCELLED'" in s]
+    assert len(cancelled) == 2                 # the same, for inferred cancellations
+    assert len(statements) <= 60 + 2 + 2 + 1 + 1   # lookups, scans, open trades, events
 
 
 @pytest.mark.parametrize("exit_type", ["EXIT_SL", "EXIT_TP"])
