@@ -46,7 +46,7 @@ import apsw
 import bottle
 import schedule
 
-__version__ = "0.5.4"
+__version__ = "0.5.5"
 HERE = os.path.dirname(os.path.abspath(__file__))
 log = logging.getLogger("sigsync")
 
@@ -2431,6 +2431,14 @@ class SyncFailed(SigsyncError):
         self.result = result
 
 
+_LATE_OPPOSITE_SQL = (
+    f"SELECT trade_id FROM signals WHERE {MARKET_SQL} = ?1 AND signal_time < ?2 AND "
+    "signal_time > coalesce((SELECT signal_time FROM signals WHERE "
+    f"{MARKET_SQL} = ?1 AND signal_time < ?2 AND coalesce(direction, id_direction) = ?3 "
+    "ORDER BY signal_time DESC LIMIT 1), '') AND status = 'CANCELLED' AND cancelled_at > ?2 "
+    "AND coalesce(direction, id_direction) <> ?3")
+
+
 def _work_set(reader, mark, top, full):
     """The trade_ids a pass must look at, in a stable order (read on the given connection)."""
     if full:
@@ -2447,7 +2455,7 @@ def _work_set(reader, mark, top, full):
     if not touched and not priced:
         return []
     work = set(touched)
-    symbols, latest, earliest = set(), {}, {}
+    symbols, latest = set(), {}
     for trade_id in touched:
         for symbol, signal_time, direction in reader.execute(
                 "SELECT symbol, coalesce(signal_time, id_time), "
@@ -2456,27 +2464,23 @@ def _work_set(reader, mark, top, full):
                 continue
             market = symbol_key(symbol)
             symbols.add(market)
-            if signal_time is not None:
-                key = (market, direction)
-                latest[key] = max(signal_time, latest.get(key, signal_time))
-                earliest[key] = min(signal_time, earliest.get(key, signal_time))
+            if signal_time is None:
+                continue
+            if signal_time > latest.get((market, direction), ""):
+                latest[market, direction] = signal_time
+            # Signals cancelled by alternation at a later time than this one's, since the
+            # signal of its direction before it: it is their next opposite signal now (it came
+            # late). A short range of the market index; usually nothing.
+            work.update(r[0] for r in reader.execute(_LATE_OPPOSITE_SQL,
+                                                     (market, signal_time, direction)))
     # Pending signals a touched one may cancel: earlier, same market, opposite direction. Only
     # the latest touched signal of each market and direction matters (one query each, not one
-    # per touched signal: a backlog of thousands stays linear). And cancelled ones it may have
-    # come before, now their next opposite signal (it arrived late): those since the signal of
-    # its direction before the earliest touched one (any earlier one was cancelled by that).
+    # per touched signal: a backlog of thousands stays linear).
     for (market, direction), signal_time in latest.items():
         work.update(r[0] for r in reader.execute(
             f"SELECT trade_id FROM signals WHERE {MARKET_SQL} = ? AND signal_time < ? AND "
             "status = 'PENDING' AND coalesce(direction, id_direction) <> ?",
             (market, signal_time, direction)))
-        work.update(r[0] for r in reader.execute(
-            f"SELECT trade_id FROM signals WHERE {MARKET_SQL} = ?1 AND signal_time < ?3 AND "
-            "signal_time > coalesce((SELECT signal_time FROM signals WHERE "
-            f"{MARKET_SQL} = ?1 AND signal_time < ?2 AND coalesce(direction, id_direction) = ?4 "
-            "ORDER BY signal_time DESC LIMIT 1), '') AND status = 'CANCELLED' AND "
-            "coalesce(direction, id_direction) <> ?4",
-            (market, earliest[market, direction], signal_time, direction)))
     # Open trades that a fresh price of their market may move (any exchange prefix): the
     # markets of the touched trades, whose MFE updates carry prices, and of the new bars.
     markets = symbols | priced

@@ -668,9 +668,23 @@ def test_the_work_set_of_a_backlog_costs_one_query_per_symbol_and_direction(db, 
     assert len(work) == 60
     scans = [s for s in statements if "status = 'PENDING'" in s]
     assert len(scans) == 2                     # MNQ1! x (Bullish, Bearish)
-    cancelled = [s for s in statements if "status = 'CANCELLED'" in s]
-    assert len(cancelled) == 2                 # the same, for inferred cancellations
-    assert len(statements) <= 60 + 2 + 2 + 1 + 1   # lookups, scans, open trades, events
+    late = [s for s in statements if "status = 'CANCELLED'" in s]
+    assert len(late) == 60                     # one short range each (tested below)
+    assert len(statements) <= 60 * 2 + 2 + 1 + 1   # lookups, scans, open trades, events
+
+
+def test_the_late_opposite_lookup_seeks_a_short_range_of_the_market_index(db):
+    """Run for every touched signal, so it must never scan: both of its parts seek
+    signals_market by market and a bounded range of signal_time."""
+    plan = [r[3] for r in db.reader().execute(
+        "EXPLAIN QUERY PLAN " + sigsync._LATE_OPPOSITE_SQL,
+        ("MNQ1!", "2025-12-15T15:00:00.000Z", "Bullish"))]
+    seeks = [step for step in plan if step.startswith("SEARCH signals")]
+    assert seeks == ["SEARCH signals USING INDEX signals_market (<expr>=? AND signal_time>? "
+                     "AND signal_time<?)",
+                     "SEARCH signals USING INDEX signals_market (<expr>=? AND signal_time<?)"
+                     ], plan
+    assert not [step for step in plan if step.startswith("SCAN")], plan
 
 
 @pytest.mark.parametrize("exit_type", ["EXIT_SL", "EXIT_TP"])
