@@ -21,6 +21,10 @@ the same open_db(autocheckpoint=False) and the same periodic WAL checkpoint job)
 
 at concurrency 1, 8 and 32 (closed loop: each connection sends its next request as soon as the
 previous answer is complete; keep-alive), interleaved route by route, medians over repetitions.
+Over each webhook measurement's window the server also reports how busy its writer was
+(bench_server.WriterMeter: the share of the time group-commit batches held the writer lock,
+webhooks per batch, ms per webhook inside the lock and COMMIT's share of it), which says
+whether the writer's critical section is what limits the webhook.
 Then bursts of 1,000 distinct events at concurrency 32 (3; 1 with --quick), each after 2 s
 without a request, as a bar close's alerts come after a quiet spell, all checked afterwards in
 the `events` table; the median p99 is held against the target. Then "server choice": the
@@ -321,8 +325,9 @@ def percentile(sorted_values, q):
 
 
 def python_load(port, path, conc, *, pool=None, seq0=0, duration=3.0, warmup=0.5,
-                items=None, procs=None, server_pid=None):
-    """Run one measurement with the Python client; returns a result dict."""
+                items=None, procs=None, server_pid=None, meter=None):
+    """Run one measurement with the Python client; returns a result dict. With `meter` (a
+    function), its values at the start and at the end of the measured window, as "window"."""
     procs = max(1, min(procs or NPROC, conc))
     ctx = multiprocessing.get_context("fork")
     start_at = time.monotonic() + 0.25
@@ -340,6 +345,12 @@ def python_load(port, path, conc, *, pool=None, seq0=0, duration=3.0, warmup=0.5
         child.close()
         workers.append((proc, parent))
     cpu0 = _proc_cpu(server_pid) if server_pid else float("nan")
+    window = None
+    if meter is not None and items is None:     # the clients run on their own meanwhile
+        time.sleep(max(0.0, start_at + warmup - time.monotonic()))
+        first = meter()
+        time.sleep(max(0.0, start_at + warmup + duration - time.monotonic()))
+        window = (first, meter())
     outs = []
     for proc, parent in workers:
         outs.append(parent.recv())
@@ -366,7 +377,8 @@ def python_load(port, path, conc, *, pool=None, seq0=0, duration=3.0, warmup=0.5
             "errors": dict(errors), "duplicates": sum(o["duplicates"] for o in outs),
             # server CPU over the whole call (includes warm-up and drain: an upper bound)
             "server_cpu_s": cpu1 - cpu0, "client_cpu_s": sum(o["cpu"] for o in outs),
-            "results": results if items is not None else None, "tool": "python"}
+            "results": results if items is not None else None, "tool": "python",
+            "window": window}
 
 
 # ============================================================================================
@@ -489,6 +501,13 @@ class BenchServer:
         finally:
             conn.close()
 
+    def writer_meter(self):
+        """The server's WriterMeter totals (bench_server.py)."""
+        status, body, _ = post(self.port, "/bench/writer", b"")
+        if status != 200:
+            raise RuntimeError(f"/bench/writer answered {status}")
+        return json.loads(body)
+
     def stop(self):
         """SIGTERM and wait: the server finishes requests in flight, checkpoints and closes."""
         if self in BenchServer.running:
@@ -502,6 +521,18 @@ class BenchServer:
                 self.proc.wait(10)
         self.log.close()
         return self.proc.returncode
+
+
+def writer_between(before, after):
+    """Between two writer_meter() readings: the share of the time the writer spent in
+    group-commit batches, events per batch, and per event the ms in the writer's critical
+    section, COMMIT's share included (None if no batch ran)."""
+    d = {k: after[k] - before[k] for k in before}
+    if not d["jobs"]:
+        return None
+    return {"busy_share": d["busy_s"] / d["clock"], "jobs_per_batch": d["jobs"] / d["batches"],
+            "ms_per_event": d["busy_s"] / d["jobs"] * 1e3,
+            "commit_ms_per_event": d["commit_s"] / d["jobs"] * 1e3}
 
 
 def post(port, path, body, timeout=30.0):
@@ -577,6 +608,7 @@ class Runner:
         client = client or self.client
         path = ROUTES[route]
         before = server.tally()
+        whole_call = server.writer_meter()
         if client == "wrk":
             r = wrk_load(server.port, path, conc, pool=pool, seq0=self.next_seq(),
                          duration=self.args.duration + self.args.warmup,
@@ -584,8 +616,10 @@ class Runner:
         else:
             r = python_load(server.port, path, conc, pool=pool, seq0=self.next_seq(),
                             duration=self.args.duration, warmup=self.args.warmup,
-                            server_pid=server.pid)
+                            server_pid=server.pid, meter=server.writer_meter)
         after = server.tally()
+        # the writer over the measured window (wrk's: over the whole call, warm-up included)
+        r["writer"] = writer_between(*(r.get("window") or (whole_call, server.writer_meter())))
         # from the database itself, whatever the client: webhooks answered as duplicates (a
         # cheaper path) and requests refused; both must stay 0 for the numbers to mean anything
         r["db_duplicates"] = after[0] - before[0]
@@ -614,6 +648,8 @@ def summarise(runs):
     out["errors"] = sum(sum(r["errors"].values()) for r in runs)
     out["duplicates"] = sum(max(r["duplicates"] or 0, r.get("db_duplicates", 0)) for r in runs)
     out["rejected"] = sum(r.get("db_rejected", 0) for r in runs)
+    writer = [r["writer"] for r in runs if r.get("writer")]
+    out["writer"] = {k: median([x[k] for x in writer]) for k in writer[0]} if writer else None
     out["runs"] = len(runs)
     return out
 
@@ -1023,6 +1059,19 @@ def report(results):
           f"{wa['webhook']['cpu_ms_per_txn']:.2f} ms of CPU; its parsing and validation alone, "
           f"before any database work, {wa['parse only']['cpu_ms_per_txn']:.2f} ms, and the "
           f"reference's whole insert and commit {wa['reference']['cpu_ms_per_txn']:.2f} ms.")
+    wr = m["webhook@8"].get("writer")
+    if wr:
+        need = 0.8 * m["reference@8"]["rps"]
+        w(f"- The writer at c=8: group-commit batches held the writer lock "
+          f"{100 * wr['busy_share']:.0f} % of the time, {wr['jobs_per_batch']:.1f} events per "
+          f"batch, {wr['ms_per_event']:.2f} ms per event inside it (COMMIT's share "
+          f"{wr['commit_ms_per_event']:.2f} ms). One writer at that pace stores at most "
+          f"{1e3 / wr['ms_per_event']:,.0f} events/s; 0.8 of the reference is {need:,.0f}/s.")
+        g = next((v for k, v in (wa or {}).items() if k.startswith("webhook, ")), None)
+        if g:
+            w(f"- With no HTTP at all (in-process, {next(k for k in wa if k.startswith('webhook, '))[9:]}"
+              f" at once, group commit), the webhook's transactions ran at "
+              f"{1e3 / g['ms_per_txn']:,.0f} events/s.")
     bad = {k: (v["non_2xx"], v["errors"], v["duplicates"], v["rejected"]) for k, v in m.items()
            if v["non_2xx"] or v["errors"] or v["duplicates"] or v["rejected"]}
     if bad:

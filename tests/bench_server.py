@@ -9,6 +9,7 @@ exist only here:
     POST /bench/reference   inserts the raw body into a bare table `bench_raw`, through the
                             same connection, lock and durability (db.write(): WAL, FULL)
     POST /bench/bare        reads the body and answers 200, touching nothing
+    POST /bench/writer      how busy the writer has been so far (WriterMeter)
 
 It prints one JSON line {"port": N, "pid": N} once listening, and stops cleanly on SIGTERM.
 """
@@ -23,6 +24,7 @@ import signal
 import socketserver
 import sys
 import threading
+import time
 import wsgiref.simple_server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,6 +58,46 @@ def add_bench_routes(app, db):
 
     app.route("/bench/reference", "POST", bench_reference)
     app.route("/bench/bare", "POST", bench_bare)
+    meter = WriterMeter(db)
+    app.route("/bench/writer", "POST", lambda: sigsync._json_response(meter.read()))
+
+
+class WriterMeter:
+    """How busy the writer is: time spent in group-commit batches (sigsync._run_batch, which
+    runs with the writer lock held), of which COMMIT (from the commit hook to the batch's end:
+    the WAL write and its fsync), and the batches' sizes. Served at POST /bench/writer as running
+    totals with the server's clock, so tests/bench.py can tell over a measurement whether the
+    writer's critical section is what limits the webhook's throughput."""
+
+    def __init__(self, db):
+        self.busy = self.commit = 0.0
+        self.batches = self.jobs = 0
+        self.committing = None
+        run = sigsync._run_batch
+
+        def timed(conn, batch):
+            t0 = time.perf_counter()
+            self.committing = None
+            try:
+                return run(conn, batch)
+            finally:
+                t1 = time.perf_counter()
+                self.busy += t1 - t0
+                if self.committing is not None:
+                    self.commit += t1 - self.committing
+                self.batches += 1
+                self.jobs += len(batch)
+
+        def hook():
+            self.committing = time.perf_counter()
+            return False                    # go on with the commit
+
+        sigsync._run_batch = timed          # only ever called under the writer lock
+        db.writer.setcommithook(hook)
+
+    def read(self):
+        return {"clock": time.perf_counter(), "busy_s": self.busy, "commit_s": self.commit,
+                "batches": self.batches, "jobs": self.jobs}
 
 
 class _Profiled:
