@@ -1003,6 +1003,15 @@ def profile_webhook(runner, workdir, pool):
 # REPORT
 # ============================================================================================
 
+def grouped_run(wa):
+    """write_amplification's run from several threads at once: ("N threads", its figures), or
+    (None, None)."""
+    for kind, figures in (wa or {}).items():
+        if kind.startswith("webhook, "):
+            return kind[len("webhook, "):], figures
+    return None, None
+
+
 def report(results):
     env, s = results["environment"], results["settings"]
     lines = []
@@ -1067,11 +1076,10 @@ def report(results):
           f"batch, {wr['ms_per_event']:.2f} ms per event inside it (COMMIT's share "
           f"{wr['commit_ms_per_event']:.2f} ms). One writer at that pace stores at most "
           f"{1e3 / wr['ms_per_event']:,.0f} events/s; 0.8 of the reference is {need:,.0f}/s.")
-        g = next((v for k, v in (wa or {}).items() if k.startswith("webhook, ")), None)
+        threads, g = grouped_run(wa)
         if g:
-            w(f"- With no HTTP at all (in-process, {next(k for k in wa if k.startswith('webhook, '))[9:]}"
-              f" at once, group commit), the webhook's transactions ran at "
-              f"{1e3 / g['ms_per_txn']:,.0f} events/s.")
+            w(f"- With no HTTP at all (in-process, {threads} at once, group commit), the "
+              f"webhook's transactions ran at {1e3 / g['ms_per_txn']:,.0f} events/s.")
     bad = {k: (v["non_2xx"], v["errors"], v["duplicates"], v["rejected"]) for k, v in m.items()
            if v["non_2xx"] or v["errors"] or v["duplicates"] or v["rejected"]}
     if bad:
@@ -1123,9 +1131,9 @@ def report(results):
           f"raw insert ({r['cpu_ms_per_txn']:.2f} ms CPU). Pages written to the WAL per "
           f"transaction, which COMMIT must fsync: {a['wal_pages_per_txn']:.1f} against "
           f"{r['wal_pages_per_txn']:.1f}; by b-tree: {top}.")
-        g = next((v for k, v in wa.items() if k.startswith("webhook, ")), None)
+        threads, g = grouped_run(wa)
         if g:
-            w(f"The same webhooks from {next(k for k in wa if k.startswith('webhook, '))[9:]} "
+            w(f"The same webhooks from {threads} "
               f"at once (group commit): {g['events_per_commit']:.1f} events per transaction, "
               f"{g['ms_per_txn']:.2f} ms and {g['cpu_ms_per_txn']:.2f} ms CPU per event, "
               f"{g['wal_pages_per_txn']:.1f} WAL pages per event.")
