@@ -18,6 +18,10 @@ the same open_db(autocheckpoint=False) and the same periodic WAL checkpoint job)
     reference  POST /bench/reference                 INSERT of the raw body into a bare table via
                                                      db.write(): same connection, lock, WAL, FULL
     bare       POST /bench/bare                      reads the body, answers 200
+    validated  POST /bench/validated                 (c=8 only) the webhook's parsing and
+                                                     validation, then the reference's insert
+                                                     with the dedup key: a ceiling for any
+                                                     webhook design in this process
 
 at concurrency 1, 8 and 32 (closed loop: each connection sends its next request as soon as the
 previous answer is complete; keep-alive), interleaved route by route, medians over repetitions.
@@ -83,6 +87,9 @@ NPROC = os.cpu_count() or 1
 HOST = "127.0.0.1"
 ROUTES = {"webhook": "/api/automated-signals/webhook", "reference": "/bench/reference",
           "bare": "/bench/bare"}
+# Measured at c=8 only, interleaved with the matrix: how close any design that parses and
+# validates in this process (and writes no request log and no lifecycle) could come.
+CEILING = {"validated": "/bench/validated"}
 CONCURRENCY = (1, 8, 32)
 SEQ_BLOCK = 5_000_000      # distinct sequence numbers reserved per measurement
 BURST_IDLE_SECONDS = 2.0   # quiet before each burst, as before a bar close's alerts
@@ -606,7 +613,7 @@ class Runner:
 
     def measure(self, server, route, conc, pool, *, client=None):
         client = client or self.client
-        path = ROUTES[route]
+        path = {**ROUTES, **CEILING}[route]
         before = server.tally()
         whole_call = server.writer_meter()
         if client == "wrk":
@@ -741,14 +748,13 @@ def run(args):
         raw = collections.defaultdict(list)
         for rep in range(args.reps):
             for conc in CONCURRENCY:
-                for route in ROUTES:
+                for route in list(ROUTES) + (list(CEILING) if conc == 8 else []):
                     r = runner.measure(server, route, conc, pool)
                     raw[(route, conc)].append(r)
                     progress(f"rep {rep + 1}/{args.reps} {route:9s} c={conc:<2d} "
                              f"{r['rps']:8.0f} req/s  p50 {r['p50_ms']:6.2f} ms  "
                              f"p99 {r['p99_ms']:6.2f} ms  {r['statuses']} {r['errors'] or ''}")
-        matrix = {f"{route}@{conc}": summarise(raw[(route, conc)])
-                  for route in ROUTES for conc in CONCURRENCY}
+        matrix = {f"{route}@{conc}": summarise(runs) for (route, conc), runs in raw.items()}
         results["matrix"] = matrix
         results["matrix_runs"] = {f"{k[0]}@{k[1]}": [
             {x: v for x, v in r.items() if x != "results"} for r in runs]
@@ -1053,6 +1059,17 @@ def report(results):
         spread = (f" (per repetition {min(per_rep):.2f}-{max(per_rep):.2f})"
                   if len(per_rep) > 1 else "")
         w(f"- c={conc}: webhook/reference {a / b:.2f}{spread}, webhook/bare {a / c:.2f}{flag}")
+    v = m.get("validated@8")
+    if v:
+        runs = results["matrix_runs"]
+        per_rep = [x["rps"] / y["rps"] for x, y in zip(runs["validated@8"],
+                                                      runs["reference@8"])]
+        w(f"- Ceiling at c=8: a route that does only the webhook's parsing and validation "
+          f"before the reference's insert (plus the dedup key, unique; no request log, no "
+          f"lifecycle) ran at {v['rps']:,.0f} req/s, {v['rps'] / m['reference@8']['rps']:.2f} "
+          f"of the reference (per repetition {min(per_rep):.2f}-{max(per_rep):.2f}), at "
+          f"{v['server_cpu_ms_per_req']:.2f} ms of server CPU per request. Whatever a webhook "
+          f"does beyond that (its request log, its lifecycle) comes off this figure.")
     wa = results.get("write_amplification")
     if wa and "parse only" in wa:
         # Both routes are bound by one core (the GIL), so req/s goes as 1 / server CPU per

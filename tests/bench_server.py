@@ -9,6 +9,11 @@ exist only here:
     POST /bench/reference   inserts the raw body into a bare table `bench_raw`, through the
                             same connection, lock and durability (db.write(): WAL, FULL)
     POST /bench/bare        reads the body and answers 200, touching nothing
+    POST /bench/validated   the webhook's work before its transaction (parse, validate,
+                            normalise, dedup key: sigsync's own functions), then the
+                            reference's insert of the raw body with that key (UNIQUE):
+                            the least any conforming webhook does, with no request log and
+                            no lifecycle; a ceiling for the webhook in this process
     POST /bench/writer      how busy the writer has been so far (WriterMeter)
 
 It prints one JSON line {"port": N, "pid": N} once listening, and stops cleanly on SIGTERM.
@@ -39,6 +44,8 @@ def add_bench_routes(app, db):
     """The reference (bare durable insert) and bare 200 routes, on the given app."""
     with db.write() as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS bench_raw(id INTEGER PRIMARY KEY, body BLOB)")
+        conn.execute("CREATE TABLE IF NOT EXISTS bench_validated("
+                     "id INTEGER PRIMARY KEY, body BLOB, dedup_key TEXT UNIQUE)")
 
     def read_raw():
         environ = bottle.request.environ
@@ -52,12 +59,28 @@ def add_bench_routes(app, db):
             row_id = conn.last_insert_rowid()
         return sigsync._json_response({"ok": True, "id": row_id})
 
+    def bench_validated():
+        raw = read_raw()
+        try:        # as sigsync.ingest() does before it queues its transaction
+            event_type, payloads = sigsync.normalise(
+                sigsync._without_secret(sigsync.parse_body(raw)))
+        except sigsync.Rejected as e:
+            return sigsync._error_response(e)
+        masked = sigsync.mask_secret(raw)
+        keys = [sigsync._dedup_key(payload)[1] for payload in payloads]
+        with db.write() as conn:
+            conn.execute("INSERT INTO bench_validated(body, dedup_key) VALUES (?, ?) "
+                         "ON CONFLICT(dedup_key) DO NOTHING", (masked, keys[0]))
+            row_id = conn.last_insert_rowid()
+        return sigsync._json_response({"ok": True, "id": row_id, "event_type": event_type})
+
     def bench_bare():
         read_raw()
         return sigsync._json_response({"ok": True})
 
     app.route("/bench/reference", "POST", bench_reference)
     app.route("/bench/bare", "POST", bench_bare)
+    app.route("/bench/validated", "POST", bench_validated)
     meter = WriterMeter(db)
     app.route("/bench/writer", "POST", lambda: sigsync._json_response(meter.read()))
 
