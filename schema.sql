@@ -155,6 +155,15 @@ CREATE INDEX signals_symbol ON signals(symbol, signal_time, trade_id);
 -- only when it repeats the expression exactly.
 CREATE INDEX signals_market ON signals(replace(substr(symbol, instr(symbol, ':') + 1), ' ', ''), signal_time, trade_id);
 CREATE INDEX signals_pending ON signals(replace(substr(symbol, instr(symbol, ':') + 1), ' ', ''), signal_time) WHERE status = 'PENDING';
+-- The same by direction (coalesce(direction, id_direction), as sigsync.py writes it): the next
+-- signal of the other direction and the last one of the same direction are one seek each. By
+-- market and time alone they were scans over every signal of the run in between, which in a
+-- market where one direction is rare is most of its history, for every pending signal of a
+-- full pass (measured: tests/bench.py, README Performance).
+CREATE INDEX signals_market_direction ON signals(replace(substr(symbol, instr(symbol, ':') + 1), ' ', ''), coalesce(direction, id_direction), signal_time, trade_id);
+-- Signals cancelled (by alternation or by the indicator), with the time they were cancelled: a
+-- late opposite signal finds the ones it now cancels first from this index alone.
+CREATE INDEX signals_cancelled ON signals(replace(substr(symbol, instr(symbol, ':') + 1), ' ', ''), coalesce(direction, id_direction), signal_time, cancelled_at, trade_id) WHERE status = 'CANCELLED';
 -- Open trades that a pass revisits by symbol (prices).
 CREATE INDEX signals_open ON signals(symbol) WHERE status = 'ACTIVE';
 
@@ -324,7 +333,7 @@ CREATE TABLE counters (
     value INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 
-PRAGMA user_version = 5;
+PRAGMA user_version = 6;
 
 -- @views ---------------------------------------------------------------------------------------
 -- Re-created on every start: rules live here, data does not.

@@ -46,7 +46,7 @@ import apsw
 import bottle
 import schedule
 
-__version__ = "0.5.5"
+__version__ = "0.5.6"
 HERE = os.path.dirname(os.path.abspath(__file__))
 log = logging.getLogger("sigsync")
 
@@ -401,6 +401,8 @@ SCHEMA_PATH = os.path.join(HERE, "schema.sql")
 # A signal's market in SQL: symbol_key() (the symbol without its exchange prefix), written as
 # schema.sql's indexes on signals write it, so that a query repeating it uses them.
 MARKET_SQL = "replace(substr(symbol, instr(symbol, ':') + 1), ' ', '')"
+# Its direction: as received, else the one its trade_id names; always Bullish or Bearish.
+DIRECTION_SQL = "coalesce(direction, id_direction)"
 VIEWS_MARKER = "-- @views"
 BUSY_TIMEOUT_MS = 1200          # with the writer lock wait below, a 503 comes within ~2.3 s
 WRITER_LOCK_SECONDS = 1.0       # also how long a job may wait in the group-commit queue
@@ -432,6 +434,10 @@ MIGRATIONS = {
     4: f"CREATE INDEX signals_market ON signals({MARKET_SQL}, signal_time, trade_id); "
        f"DROP INDEX IF EXISTS signals_pending; CREATE INDEX signals_pending ON "
        f"signals({MARKET_SQL}, signal_time) WHERE status = 'PENDING';",
+    # 0.5.6: alternation seeks by market and direction (schema.sql: signals_market_direction).
+    5: f"CREATE INDEX signals_market_direction ON signals({MARKET_SQL}, {DIRECTION_SQL}, "
+       f"signal_time, trade_id); CREATE INDEX signals_cancelled ON signals({MARKET_SQL}, "
+       f"{DIRECTION_SQL}, signal_time, cancelled_at, trade_id) WHERE status = 'CANCELLED';",
 }
 # What a migration to version n must do once the views are in place (they are created after
 # the migrations): 0.5.4 reads "1D", "W", "30S"... timeframes in the no_mae rule, so the
@@ -890,6 +896,7 @@ TIME_FIELDS = {"event_timestamp", "timestamp", "confirmation_time", "cancelled_a
 UTC_TIME_FIELDS = {"time"}      # a BAR's open: "UTC ISO or epoch ms" (SPEC §1.3), as {{time}}
 TARGET_FIELDS = ("tp1_price", "tp2_price", "tp3_price")
 DIRECTIONS = {"BULLISH": "Bullish", "LONG": "Bullish", "BEARISH": "Bearish", "SHORT": "Bearish"}
+OPPOSITE = {"Bullish": "Bearish", "Bearish": "Bullish"}
 _PLACEHOLDER = re.compile(r"\{\{.*?\}\}")
 _LARGEST_INT = int(sys.float_info.max)     # a larger integer has no float (nor SQLite REAL)
 # The key may be spelled with JSON escapes ("\u0073ecret" is "secret" once parsed).
@@ -2126,6 +2133,12 @@ SYNC_CHUNK = 200                     # signals per write transaction: webhooks w
 RUNNING_PASS_STALE = dt.timedelta(minutes=10)
 
 
+# One seek of signals_market_direction, however many signals of the same direction come first.
+_NEXT_OPPOSITE_SQL = (f"SELECT trade_id, signal_time FROM signals WHERE {MARKET_SQL} = ? AND "
+                      f"{DIRECTION_SQL} = ? AND signal_time > ? ORDER BY signal_time, trade_id "
+                      "LIMIT 1")
+
+
 @dataclasses.dataclass
 class PassContext:
     """What a pass knows besides the signal row: the clock and a way to read the database."""
@@ -2143,11 +2156,9 @@ class PassContext:
     def next_opposite(self, row):
         """The first later signal of the other direction on the same symbol (SPEC 3.3)."""
         direction = row["direction"] or row["id_direction"]
-        rows = self.conn.execute(
-            f"SELECT trade_id, signal_time FROM signals WHERE {MARKET_SQL} = ? AND "
-            "signal_time > ? AND coalesce(direction, id_direction) <> ? "
-            "ORDER BY signal_time, trade_id LIMIT 1",
-            (symbol_key(row["symbol"]), row["signal_time"], direction)).fetchall()
+        rows = self.conn.execute(_NEXT_OPPOSITE_SQL, (symbol_key(row["symbol"]),
+                                                      OPPOSITE[direction],
+                                                      row["signal_time"])).fetchall()
         return {"trade_id": rows[0][0], "signal_time": rows[0][1]} if rows else None
 
 
@@ -2432,11 +2443,10 @@ class SyncFailed(SigsyncError):
 
 
 _LATE_OPPOSITE_SQL = (
-    f"SELECT trade_id FROM signals WHERE {MARKET_SQL} = ?1 AND signal_time < ?2 AND "
-    "signal_time > coalesce((SELECT signal_time FROM signals WHERE "
-    f"{MARKET_SQL} = ?1 AND signal_time < ?2 AND coalesce(direction, id_direction) = ?3 "
-    "ORDER BY signal_time DESC LIMIT 1), '') AND status = 'CANCELLED' AND cancelled_at > ?2 "
-    "AND coalesce(direction, id_direction) <> ?3")
+    f"SELECT trade_id FROM signals WHERE {MARKET_SQL} = ?1 AND {DIRECTION_SQL} = ?4 AND "
+    "status = 'CANCELLED' AND signal_time < ?2 AND signal_time > coalesce((SELECT signal_time "
+    f"FROM signals WHERE {MARKET_SQL} = ?1 AND {DIRECTION_SQL} = ?3 AND signal_time < ?2 "
+    "ORDER BY signal_time DESC LIMIT 1), '') AND cancelled_at > ?2")
 
 
 def _work_set(reader, mark, top, full):
@@ -2471,8 +2481,8 @@ def _work_set(reader, mark, top, full):
             # Signals cancelled by alternation at a later time than this one's, since the
             # signal of its direction before it: it is their next opposite signal now (it came
             # late). A short range of the market index; usually nothing.
-            work.update(r[0] for r in reader.execute(_LATE_OPPOSITE_SQL,
-                                                     (market, signal_time, direction)))
+            work.update(r[0] for r in reader.execute(
+                _LATE_OPPOSITE_SQL, (market, signal_time, direction, OPPOSITE[direction])))
     # Pending signals a touched one may cancel: earlier, same market, opposite direction. Only
     # the latest touched signal of each market and direction matters (one query each, not one
     # per touched signal: a backlog of thousands stays linear).

@@ -7,7 +7,8 @@ For each size: a database holding that many stored events (a generated 1-minute 
 ~10 events per trade, a handful of trades still open), a full pass from scratch, then
 `repeats` rounds of "100 new events arrive through ingest, one incremental pass runs", timed.
 Reported: median incremental pass, full pass, and the ratio incremental(largest)/incremental(
-smallest). Targets: the incremental pass at 1M events within 3x its time at 10k, under 200 ms;
+smallest); then the same at 100k events in one market where one direction is rare (two Bearish
+signals among Bullish ones), where alternation compares signals far apart. Targets: the incremental pass at 1M events within 3x its time at 10k, under 200 ms;
 the health summary view and GET /api/health under 50 ms at 100k+ signals (medians of 7).
 Everything runs in-process against a database in a temporary directory; no network.
 
@@ -36,10 +37,11 @@ import sigsync  # noqa: E402
 START = dt.datetime(2024, 1, 2, 14, 0, tzinfo=dt.timezone.utc)
 
 
-def trade_events(n, rng):
-    """The events of trade n: its triangle is n minutes after START (New York wall clock)."""
+def trade_events(n, rng, bullish=None):
+    """The events of trade n: its triangle is 3n minutes after START (New York wall clock);
+    bullish when n is even, unless told."""
     tri = START.astimezone(sigsync.NEW_YORK) + dt.timedelta(minutes=3 * n)
-    bullish = n % 2 == 0
+    bullish = n % 2 == 0 if bullish is None else bullish
     side = "BULLISH" if bullish else "BEARISH"
     direction = "Bullish" if bullish else "Bearish"
     trade_id = tri.strftime("%Y%m%d_%H%M%S") + "000_" + side
@@ -76,14 +78,15 @@ def store_raw(conn, payload, received):
                          *sigsync._dedup_key(normalised), derive=False)
 
 
-def build(path, n_events, rng):
-    """Bulk-load ~n_events through the real normalisation, then fold and run a full pass."""
+def build(path, n_events, rng, bullish_of=None):
+    """Bulk-load ~n_events through the real normalisation, then fold and run a full pass.
+    bullish_of(n): the direction of trade n (default: alternating)."""
     db = sigsync.open_db(path)
     made, n, open_trades = 0, 0, []
     while made < n_events:
         with db.write() as conn:
             for _ in range(1000):
-                events = trade_events(n, rng)
+                events = trade_events(n, rng, bullish_of(n) if bullish_of else None)
                 if n % 997 == 0 and len(events) > 2:
                     events = events[:-1]             # a few trades stay open
                     open_trades.append(events[0]["trade_id"])
@@ -142,6 +145,39 @@ def measure(size, repeats, rng):
             "full_pass_changes": full["changes"], "incremental_ms": statistics.median(times) * 1e3,
             "incremental_all_ms": [round(t * 1e3, 1) for t in times],
             "examined": statistics.median(examined), **health}
+
+
+def rare_direction(size, repeats, rng):
+    """One market where one direction is rare: ~size events of Bullish signals, with a Bearish
+    one first and one near the end (a trending market, or an indicator run mostly one way).
+    Alternation then compares each pending signal with a far-away opposite one. Times the full
+    pass, and incremental passes whose new event is an update of the late Bearish trade (its
+    late-opposite lookup reaches back to the first)."""
+    trades = size // 9                              # ~9 events per trade (trade_events)
+    rare = {0, trades - 50}
+    with tempfile.TemporaryDirectory() as tmp:
+        db, n, now, _, fold_s, full_s, _ = build(os.path.join(tmp, "r.db"), size, rng,
+                                                 bullish_of=lambda k: k not in rare)
+        late = db.query("SELECT trade_id FROM signals WHERE direction = 'Bearish' "
+                        "ORDER BY signal_time DESC LIMIT 1")[0]["trade_id"]
+        times, examined = [], []
+        for k in range(repeats):
+            sigsync.ingest(db, json.dumps({
+                "event_type": "MFE_UPDATE", "trade_id": late, "symbol": "MNQ1!",
+                "no_be_mfe": 0.5 + k / 10, "mae_global_r": -0.3,
+                "current_price": 25000.0}).encode(), now=now)
+            t0 = time.perf_counter()
+            run = sigsync.sync_once(db, now=now)
+            times.append(time.perf_counter() - t0)
+            examined.append(run["examined"])
+            now += dt.timedelta(seconds=5)
+        counts = db.query("SELECT direction, count(*) AS n FROM signals GROUP BY direction "
+                          "ORDER BY direction")
+        events = db.query("SELECT count(*) AS n FROM events")[0]["n"]
+        db.close()
+    return {"events": events, "signals": {r["direction"]: r["n"] for r in counts},
+            "full_pass_s": full_s, "incremental_ms": statistics.median(times) * 1e3,
+            "examined": statistics.median(examined)}
 
 
 def time_health(db, now, rounds=7):
@@ -230,6 +266,15 @@ def run(sizes=(10_000, 100_000, 1_000_000), repeats=3, out=print):
     ratio = large["incremental_ms"] / small["incremental_ms"]
     out(f"incremental({max(sizes)}) / incremental({min(sizes)}) = {ratio:.2f} (target <= 3); "
         f"incremental at {max(sizes)} = {large['incremental_ms']:.1f} ms (target < 200 ms)")
+    size = 100_000
+    r = results["rare_direction"] = rare_direction(size, repeats, rng)
+    same = results.get(size)
+    out(f"One direction rare ({r['events']} events; signals by direction {r['signals']}): full "
+        f"pass {r['full_pass_s']:.2f} s"
+        + (f" (alternating history of the same size: {same['full_pass_s']:.2f} s)" if same
+           else "")
+        + f"; incremental pass updating the late rare signal {r['incremental_ms']:.1f} ms "
+        f"({r['examined']} signals examined)")
     return results
 
 

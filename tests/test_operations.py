@@ -259,9 +259,10 @@ def test_the_readme_first_command_demo_then_serve_shows_a_populated_page(server,
 def test_a_version_1_database_is_migrated_in_place_and_keeps_its_log(tmp_path):
     """0.2 databases (user_version 1) had two more indexes on the log, no event_repeats (added
     in 0.5, user_version 3), no count of the dead letters' bytes (0.5.3, user_version 4) and
-    signals indexed by symbol as sent, not by market (0.5.4, user_version 5); opening one drops
-    the indexes, adds the table, counts the bytes, indexes the markets, keeps every row, and
-    the webhook path works on it."""
+    signals indexed by symbol as sent, not by market (0.5.4, user_version 5) nor by market and
+    direction (0.5.6, user_version 6); opening one drops the indexes, adds the table, counts
+    the bytes, indexes the markets and directions, keeps every row, and the webhook path works
+    on it."""
     path = tmp_path / "v1.db"
     with open_database(path) as db:
         sigsync.demo(db, start=START)
@@ -271,6 +272,7 @@ def test_a_version_1_database_is_migrated_in_place_and_keeps_its_log(tmp_path):
                          "DROP TABLE event_repeats; PRAGMA user_version = 1;"
                          "DELETE FROM counters WHERE name = 'dead_letter_bytes';"
                          "DROP INDEX signals_market; DROP INDEX signals_pending;"
+                         "DROP INDEX signals_market_direction; DROP INDEX signals_cancelled;"
                          "CREATE INDEX signals_pending ON signals(symbol, signal_time) "
                          "WHERE status = 'PENDING'")
         before = db.query("SELECT count(*) AS n FROM events")[0]["n"]
@@ -278,10 +280,11 @@ def test_a_version_1_database_is_migrated_in_place_and_keeps_its_log(tmp_path):
         indexes = {r["name"] for r in db.query(
             "SELECT name FROM sqlite_schema WHERE type = 'index' AND name NOT LIKE 'sqlite_%'")}
         assert not indexes & {"requests_received", "events_type_received"}
-        assert "requests_source_received" in indexes and "signals_market" in indexes
+        assert {"requests_source_received", "signals_market", "signals_market_direction",
+                "signals_cancelled"} <= indexes
         assert "instr(symbol" in db.query("SELECT sql FROM sqlite_schema "
                                           "WHERE name = 'signals_pending'")[0]["sql"]
-        assert db.query("PRAGMA user_version")[0]["user_version"] == sigsync.schema_version() == 5
+        assert db.query("PRAGMA user_version")[0]["user_version"] == sigsync.schema_version() == 6
         migrated_indexes = db.query("SELECT name, sql FROM sqlite_schema WHERE type = 'index' "
                                     "AND name LIKE 'signals_%' ORDER BY name")
         kept = db.query("SELECT raw_body FROM rejected")
@@ -320,12 +323,13 @@ def test_a_version_4_database_gets_its_no_mae_deadlines_read_from_the_timeframe(
                          "WHERE gap = 'no_mae'; DROP INDEX signals_market; "
                          "DROP INDEX signals_pending; CREATE INDEX signals_pending ON "
                          "signals(symbol, signal_time) WHERE status = 'PENDING'; "
+                         "DROP INDEX signals_market_direction; DROP INDEX signals_cancelled; "
                          "PRAGMA user_version = 4")
     assert fresh == [{"due_base": "2025-12-16T15:00:00.000Z"}]
     with open_database(path) as db:
         assert db.query("SELECT due_base FROM signal_gaps WHERE gap = 'no_mae'") == fresh
         assert db.query("SELECT * FROM health_gap_counts ORDER BY 1, 2, 3") == counts
-        assert db.query("PRAGMA user_version")[0]["user_version"] == 5
+        assert db.query("PRAGMA user_version")[0]["user_version"] == sigsync.schema_version()
 
 
 def test_the_reads_of_the_request_log_seek_its_one_index(tmp_path):
