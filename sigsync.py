@@ -2154,7 +2154,7 @@ class PassContext:
             if rows else None
 
     def next_opposite(self, row):
-        """The first later signal of the other direction on the same symbol (SPEC 3.3)."""
+        """The first later signal of the other direction on the same market (SPEC 3.3)."""
         direction = row["direction"] or row["id_direction"]
         rows = self.conn.execute(_NEXT_OPPOSITE_SQL, (symbol_key(row["symbol"]),
                                                       OPPOSITE[direction],
@@ -2468,8 +2468,8 @@ def _work_set(reader, mark, top, full):
     symbols, latest = set(), {}
     for trade_id in touched:
         for symbol, signal_time, direction in reader.execute(
-                "SELECT symbol, coalesce(signal_time, id_time), "
-                "coalesce(direction, id_direction) FROM signals WHERE trade_id = ?", (trade_id,)):
+                f"SELECT symbol, coalesce(signal_time, id_time), {DIRECTION_SQL} FROM signals "
+                "WHERE trade_id = ?", (trade_id,)):
             if symbol is None:
                 continue
             market = symbol_key(symbol)
@@ -2480,7 +2480,8 @@ def _work_set(reader, mark, top, full):
                 latest[market, direction] = signal_time
             # Signals cancelled by alternation at a later time than this one's, since the
             # signal of its direction before it: it is their next opposite signal now (it came
-            # late). A short range of the market index; usually nothing.
+            # late). Two seeks: signals_market_direction for that signal, then the cancelled
+            # signals since it (signals_cancelled); usually nothing.
             work.update(r[0] for r in reader.execute(
                 _LATE_OPPOSITE_SQL, (market, signal_time, direction, OPPOSITE[direction])))
     # Pending signals a touched one may cancel: earlier, same market, opposite direction. Only
@@ -2489,8 +2490,8 @@ def _work_set(reader, mark, top, full):
     for (market, direction), signal_time in latest.items():
         work.update(r[0] for r in reader.execute(
             f"SELECT trade_id FROM signals WHERE {MARKET_SQL} = ? AND signal_time < ? AND "
-            "status = 'PENDING' AND coalesce(direction, id_direction) <> ?",
-            (market, signal_time, direction)))
+            f"status = 'PENDING' AND {DIRECTION_SQL} = ?",
+            (market, signal_time, OPPOSITE[direction])))
     # Open trades that a fresh price of their market may move (any exchange prefix): the
     # markets of the touched trades, whose MFE updates carry prices, and of the new bars.
     markets = symbols | priced
