@@ -46,7 +46,7 @@ import apsw
 import bottle
 import schedule
 
-__version__ = "0.5.6"
+__version__ = "0.5.7"
 HERE = os.path.dirname(os.path.abspath(__file__))
 log = logging.getLogger("sigsync")
 
@@ -301,6 +301,11 @@ def ny_local_to_utc(naive):
 _EPOCH_MS_MIN = 946684800000      # 2000-01-01: smaller numbers are taken as epoch seconds
 _TIME_MIN = dt.datetime(1990, 1, 1, tzinfo=UTC)
 _TIME_MAX = dt.datetime(2100, 1, 1, tzinfo=UTC)
+_TIME_RANGE = "1990 to 2099"
+# Years a wall-clock or offset time may name before it is converted: the conversion itself
+# overflows at the ends of the calendar (9999-12-31T23:00-05:00), and before 1900 New York's
+# zone is local mean time. One year of slack each side; the exact bound is checked after.
+_YEARS = range(_TIME_MIN.year - 1, _TIME_MAX.year + 1)
 _TIME_OF_DAY = re.compile(r"^\d{1,2}:\d{2}(:\d{2}(\.\d{1,6})?)?$")
 
 
@@ -331,6 +336,9 @@ def parse_time(value, field, naive_zone=None):
         except ValueError:
             raise Rejected(f"{field}: not a time: {value[:60]!r} (use ISO-8601 or epoch ms)",
                            "invalid_field")
+        if moment.year not in _YEARS:
+            raise Rejected(f"{field}: time out of range ({_TIME_RANGE}): {value[:60]!r}",
+                           "invalid_field")
         if moment.tzinfo is None and naive_zone is UTC:
             moment, kind = moment.replace(tzinfo=UTC), "utc"
         elif moment.tzinfo is None:
@@ -340,7 +348,7 @@ def parse_time(value, field, naive_zone=None):
     else:
         raise Rejected(f"{field}: expected a time, got {type(value).__name__}", "invalid_field")
     if not _TIME_MIN <= moment < _TIME_MAX:
-        raise Rejected(f"{field}: time out of range: {value!r}", "invalid_field")
+        raise Rejected(f"{field}: time out of range ({_TIME_RANGE}): {value!r}", "invalid_field")
     return moment, kind
 
 
@@ -364,7 +372,11 @@ def parse_trade_id(trade_id):
     except ValueError:
         raise Rejected(f"trade_id: {trade_id!r} has an impossible date or time",
                        "invalid_trade_id")
-    return ny_local_to_utc(naive), side.capitalize()
+    moment = ny_local_to_utc(naive) if naive.year in _YEARS else None
+    if moment is None or not _TIME_MIN <= moment < _TIME_MAX:
+        raise Rejected(f"trade_id: {trade_id!r} is out of range (years {_TIME_RANGE})",
+                       "invalid_trade_id")
+    return moment, side.capitalize()
 
 
 SESSIONS = ["ASIA", "LONDON", "NY PRE", "NY AM", "NY LUNCH", "NY PM", "AFTER_HOURS"]
@@ -905,6 +917,9 @@ _SECRET_IN_BODY = re.compile(
     rb'("' + _SECRET_KEY + rb'"\s*:\s*)(?:"(?:[^"\\]|\\.)*"|[-+0-9.eE]+|true|false|null)')
 
 
+_BARE_PLACEHOLDER = re.compile(r'"([^"\\]{1,80})"\s*:\s*(\{\{[^{}]*\}\})')
+
+
 class _BadConstant:
     """Marks NaN/Infinity found by the JSON parser, so the error can name the field."""
 
@@ -934,6 +949,13 @@ def parse_body(raw):
     try:
         data = _BODY_DECODER.decode(text)
     except json.JSONDecodeError as e:
+        # A numeric placeholder TradingView left as is ("open":{{open}}) breaks the JSON
+        # itself: name the field, as for a quoted one, rather than a column number.
+        bare = _BARE_PLACEHOLDER.search(text, max(e.pos - 200, 0))
+        if bare and bare.start(2) <= e.pos <= bare.end(2):
+            raise Rejected(f"the body is not valid JSON: {bare.group(1)}: unreplaced "
+                           f"placeholder {bare.group(2)[:60]} (check the alert message)",
+                           "invalid_json")
         raise Rejected(f"the body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}",
                        "invalid_json")
     except RecursionError:
@@ -1149,7 +1171,10 @@ def _validate_event(payload, path):
     event_type = payload["event_type"]
     if event_type in TRADE_TYPES:
         _require(payload, "trade_id", path, event_type)
-        id_time, id_direction = parse_trade_id(payload["trade_id"])
+        try:
+            id_time, id_direction = parse_trade_id(payload["trade_id"])
+        except Rejected as e:              # name the batch element: "signals[3].trade_id: ..."
+            raise Rejected(path + e.message, e.code) from None
         if event_type in ("SIGNAL_CREATED", "ENTRY"):
             _require(payload, "direction", path, event_type)
     if event_type == "BAR":
@@ -1239,21 +1264,23 @@ def _already_known(conn, stored, request_id, received_at, raw, by):
     repeat (event_repeats)."""
     if stored and not all(e["duplicate"] for e in stored):
         return False
-    if stored and by == "events":
-        return True
+    if by == "events":
+        # A body with no events at all (an empty MFE batch): known when that very body was
+        # imported before. A scan of the log, but only for such lines.
+        return bool(stored) or bool(conn.execute(
+            "SELECT 1 FROM requests WHERE source = 'import' AND raw_body = ? AND "
+            "request_id <> ? LIMIT 1", (mask_secret(raw), request_id)).fetchall())
     return bool(conn.execute(_KNOWN_REQUEST_SQL,
                              (received_at, mask_secret(raw), request_id)).fetchall())
 
 
 def _without_secret(data):
-    """The body without "secret" fields, where normalise would take them into an event: the
-    top level, the attributes wrapper and a batch's elements."""
-    data = {k: v for k, v in data.items() if k != "secret"}
-    if isinstance(data.get("attributes"), dict):
-        data["attributes"] = _without_secret(data["attributes"])
-    if isinstance(data.get("signals"), list):
-        data["signals"] = [_without_secret(e) if isinstance(e, dict) else e
-                           for e in data["signals"]]
+    """The body without its "secret" fields, at any depth: the stored raw body has every one
+    masked (mask_secret), and the event's payload must not keep what the raw body hides."""
+    if isinstance(data, dict):
+        return {k: _without_secret(v) for k, v in data.items() if k != "secret"}
+    if isinstance(data, list):
+        return [_without_secret(v) for v in data]
     return data
 
 
@@ -2540,7 +2567,7 @@ def _fold_log(db, *, now, passes, fresh_seconds=PRICE_FRESH_SECONDS):
     by request), each of `passes` run before the first item it had not seen; one transaction.
     """
     passes = collections.deque(passes)
-    counts, replayed = {}, 0
+    counts, replayed, skipped = {}, 0, 0
     with db.write() as conn:
         for table in DERIVED_TABLES:
             conn.execute(f"DELETE FROM {table}")
@@ -2568,10 +2595,18 @@ def _fold_log(db, *, now, passes, fresh_seconds=PRICE_FRESH_SECONDS):
                 replayed += 1
             if kind == "event":
                 event_id, etype, trade_id, payload, dedup_key = item
-                derive_event(conn, {"event_id": event_id, "received_at": received_at,
-                                    "event_type": etype, "trade_id": trade_id,
-                                    "payload": json.loads(payload), "dedup_key": dedup_key},
-                             cache)
+                try:
+                    derive_event(conn, {"event_id": event_id, "received_at": received_at,
+                                        "event_type": etype, "trade_id": trade_id,
+                                        "payload": json.loads(payload),
+                                        "dedup_key": dedup_key}, cache)
+                except Rejected as e:
+                    # Stored by an older version that accepted what this one refuses (a
+                    # trade_id dated year 1, say): it stays in the log, out of the signals.
+                    log.warning("event %d left out of the derived tables: %s", event_id,
+                                e.message)
+                    skipped += 1
+                    continue
                 count += 1
             else:
                 event_id, trade_id, payload, key = item
@@ -2589,7 +2624,7 @@ def _fold_log(db, *, now, passes, fresh_seconds=PRICE_FRESH_SECONDS):
         flush()
         signals = conn.execute("SELECT count(*) FROM signals").fetchall()[0][0]
     return {"events": count, "signals": signals, "passes": replayed,
-            "changes": sum(counts.values())}
+            "changes": sum(counts.values()), "skipped": skipped}
 
 
 def _arrivals(conn):
@@ -2907,14 +2942,17 @@ def check(db, *, now, sample=200, seed=None):
             fold_repeat(fresh, json.loads(r["payload"]), r["received_at"])
         inferred = stored["fold_state"].get("inferred_cancel") or \
             stored["fold_state"].get("inferred_exit")
+        estimated = {f for f, p in stored["provenance"].items() if p is not None and p[1] < 1.0}
         for field in SIGNAL_COLUMNS:
-            prov = stored["provenance"].get(field)
-            if prov is not None and prov[1] < 1.0:
+            if field in estimated:
                 continue                     # an estimate of a pass: not in the log
+            prov = stored["provenance"].get(field)
             if field not in compared and (prov is None or prov[0] == "calculated"):
                 continue                     # bookkeeping, or a pass's exact arithmetic
             if field in ("status", "be_state") and inferred:
                 continue                     # follows from an inference, not from the log
+            if field == "be_state" and "no_be_mfe" in estimated:
+                continue                     # armed by an estimated excursion (+1R)
             if stored[field] != fresh[field]:
                 problems.append(f"{trade_id}.{field}: stored {stored[field]!r}, "
                                 f"log says {fresh[field]!r}")
@@ -2979,7 +3017,11 @@ def import_lines(db, lines, *, now, progress=None, limits=None):
             counts["known"] += 1
         except Rejected as e:
             counts["rejected"] += 1
-            reject(db, raw, e, now=now, path="/import", **(limits or {}))
+            # Run again (after an interruption, say), a refused line is not kept twice: its
+            # dead letter from an earlier import is there until it is replayed.
+            if not db.query("SELECT 1 FROM rejected WHERE path = '/import' AND raw_body = ? "
+                            "AND replayed_at IS NULL LIMIT 1", (bytes(mask_secret(raw)),)):
+                reject(db, raw, e, now=now, path="/import", **(limits or {}))
         if progress:
             progress(number, counts)
     return counts
@@ -3167,6 +3209,8 @@ def _filter_time(raw, name, *, end):
             day = dt.date.fromisoformat(raw)
         except ValueError:
             raise BadRequest(f"{name}: not a date: {raw!r}")
+        if day.year not in _YEARS:
+            return _clamp_time(day.year)
         if end:
             day += dt.timedelta(days=1)
         return iso(ny_local_to_utc(dt.datetime.combine(day, dt.time())))
@@ -3177,7 +3221,16 @@ def _filter_time(raw, name, *, end):
                          f"got {raw[:40]!r}")
     if moment.tzinfo is None:
         raise BadRequest(f"{name}: an instant needs Z or an offset, got {raw[:40]!r}")
+    if moment.year not in _YEARS:
+        return _clamp_time(moment.year)
     return iso(moment)
+
+
+def _clamp_time(year):
+    """A filter bound beyond the times sigsync stores (1990 to 2099): the nearest end, so that
+    `since=0999-01-01` means "from the start" and `until=9999-12-31` "to the end" (compared as
+    text, a bound outside the four-digit ISO form would mean neither)."""
+    return iso(_TIME_MIN if year < _TIME_MIN.year else _TIME_MAX)
 
 
 def encode_cursor(id_time, trade_id):
@@ -3625,14 +3678,26 @@ def make_app(db, clock, config):
 
     @app.get("/healthz")
     def api_healthz():
-        """Liveness: the database answers and the reconciliation loop is not late."""
+        """Liveness: the database answers and the reconciliation loop is not late.
+
+        Open to any caller, since a monitor or a load balancer's probe holds no token: the
+        status code says it all. The details (the loop's last failure and its error text, the
+        version) are a read like any other, given only where the read API would answer."""
+        try:
+            require_read_token()
+            detailed = True
+        except SigsyncError:
+            detailed = False
         now = clock.now()
         try:
             loop = loop_status(db, now=now, started_at=started_at,
                                interval=config.sync_seconds)
         except STORAGE_ERRORS as e:
-            return _json_response({"ok": False, "database": str(e)}, 503)
+            return _json_response({"ok": False, "database": str(e) if detailed
+                                   else "unavailable"}, 503)
         ok = not loop["late"]
+        if not detailed:
+            return _json_response({"ok": ok}, 200 if ok else 503)
         return _json_response({"ok": ok, "database": "ok", "loop": loop,
                                "version": __version__}, 200 if ok else 503)
 
@@ -3874,8 +3939,13 @@ def serve(config, clock=None, stop=None):
     db = open_db(config.db, autocheckpoint=False)
     store_health_settings(db, health_settings_from(config, clock.now()))
     app = make_app(db, clock, config)
-    server = HttpServer(app, config.host, config.port, threads=config.threads,
-                        connection_limit=config.connection_limit, max_body=config.max_body)
+    try:
+        server = HttpServer(app, config.host, config.port, threads=config.threads,
+                            connection_limit=config.connection_limit, max_body=config.max_body)
+    except OSError as e:                   # the port is taken, the address is not this host's
+        db.close()
+        raise SigsyncError(f"cannot listen on {config.host}:{config.port}: "
+                           f"{e.strerror or e}") from e
     server.start()
     log.info("what=serve outcome=listening url=http://%s:%s/ db=%s", server.host, server.port,
              config.db)
@@ -3937,7 +4007,7 @@ def cmd_serve(args, config, clock):
 
 
 def cmd_sync(args, config, clock):
-    db = open_db(config.db)
+    db = open_db(_existing(config.db))
     try:
         result = sync_once(db, now=clock.now(), trigger="cli", full=args.full,
                            fresh_seconds=config.price_fresh_seconds)
@@ -3986,7 +4056,7 @@ def cmd_export(args, config, clock):
     if not args.events and not args.signals:
         raise SigsyncError("say what to export: --events FILE and/or --signals FILE.csv "
                            "('-' for standard output)")
-    db = open_db(config.db)
+    db = open_db(_existing(config.db))
     try:
         for target, func, what in ((args.events, export_events, "requests"),
                                    (args.signals, export_signals_csv, "signals")):
@@ -4004,6 +4074,10 @@ def cmd_export(args, config, clock):
 
 
 def cmd_import(args, config, clock):
+    try:
+        stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
+    except OSError as e:                   # before the database: a typo creates nothing
+        raise SigsyncError(f"cannot read {args.file}: {e.strerror or e}") from e
     db = open_db(config.db)
     tty = sys.stderr.isatty()
     total = None
@@ -4021,7 +4095,6 @@ def cmd_import(args, config, clock):
             sys.stderr.flush()
 
     try:
-        stream = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")
         with stream:
             counts = import_lines(db, stream, now=clock.now(), progress=progress,
                                   limits=dead_letter_limits(config))
@@ -4121,7 +4194,7 @@ def cmd_signals(args, config, clock):
 
 
 def cmd_rebuild(args, config, clock):
-    db = open_db(config.db)
+    db = open_db(_existing(config.db))
     try:
         result = rebuild(db, now=clock.now(), fresh_seconds=config.price_fresh_seconds)
     finally:
@@ -4130,11 +4203,14 @@ def cmd_rebuild(args, config, clock):
     print(f"rebuilt {result['signals']} signals from {result['events']} events; "
           f"{passes} reconciliation pass{'' if passes == 1 else 'es'} replayed "
           f"({result['changes']} fields filled)")
+    if result["skipped"]:
+        print(f"{result['skipped']} events left out: this version refuses them (see the log); "
+              "they stay in the event log")
     return 0
 
 
 def cmd_replay_rejected(args, config, clock):
-    db = open_db(config.db)
+    db = open_db(_existing(config.db))
     try:
         outcomes = replay_rejected(db, now=clock.now(), include_auth=args.include_auth,
                                    ids=set(args.ids) if args.ids else None)

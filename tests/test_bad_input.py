@@ -48,7 +48,7 @@ CASES = [
     ("unreplaced-numeric-placeholders",
      b'{"event_type":"BAR","symbol":"MNQ1!","timeframe":"1","time":"2025-12-15T14:42:00Z",'
      b'"open":{{open}},"high":{{high}},"low":{{low}},"close":{{close}}}',
-     400, "invalid_json", "JSON", "text/plain"),
+     400, "invalid_json", "not valid JSON: open: unreplaced placeholder {{open}}", "text/plain"),
     ("json-array", b'[{"event_type": "HEARTBEAT"}]', 400, "not_an_object", "object",
      "application/json"),
     ("json-string", b'"ENTRY"', 400, "not_an_object", "object", "application/json"),
@@ -173,6 +173,17 @@ CASES = [
      400, "invalid_trade_id", "trade_id", "application/json"),
     ("trade_id-object-on-heartbeat", j(event_type="HEARTBEAT", trade_id={"id": GOOD_ID}), 400,
      "invalid_trade_id", "trade_id", "application/json"),
+    # a date the calendar allows but no TradingView alert can carry: before 0.5.7 year 1 was
+    # stored with an id_time not in ISO form ("1-01-01T04:56:02.000Z"), which then broke every
+    # reconciliation pass; year 9999 overflowed the time conversion into a 500
+    ("trade_id-year-1", entry(trade_id="00010101_000000000_BULLISH"), 400,
+     "invalid_trade_id", "out of range", "application/json"),
+    ("trade_id-year-999", entry(trade_id="09991231_093000000_BULLISH"), 400,
+     "invalid_trade_id", "out of range", "application/json"),
+    ("trade_id-year-1800", entry(trade_id="18000101_093000000_BULLISH"), 400,
+     "invalid_trade_id", "out of range", "application/json"),
+    ("trade_id-year-9999", entry(trade_id="99991231_230000000_BULLISH"), 400,
+     "invalid_trade_id", "out of range", "application/json"),
     ("missing-trade_id-ENTRY", entry(trade_id=DROP), 400, "missing_field", "trade_id",
      "application/json"),
     ("missing-trade_id-EXIT_SL", j(event_type="EXIT_SL", exit_price=25645.0), 400,
@@ -197,6 +208,18 @@ CASES = [
      "timestamp", "application/json"),
     ("bar-time-placeholder", bar(time="{{time}}"), 400, "invalid_field", "time",
      "application/json"),
+    # the ends of the calendar, with and without an offset (a 500 before 0.5.7: the time-zone
+    # conversion overflowed before the range check could refuse them)
+    ("time-year-9999-new-york", entry(event_timestamp="9999-12-31T23:00:00"), 400,
+     "invalid_field", "out of range", "application/json"),
+    ("time-year-9999-offset", entry(event_timestamp="9999-12-31T23:00:00-05:00"), 400,
+     "invalid_field", "event_timestamp", "application/json"),
+    ("time-year-1-offset", entry(event_timestamp="0001-01-01T00:00:00+01:00"), 400,
+     "invalid_field", "event_timestamp", "application/json"),
+    ("bar-time-year-9999-offset", bar(time="9999-12-31T23:00:00-05:00"), 400,
+     "invalid_field", "time", "application/json"),
+    ("time-1989", entry(event_timestamp="1989-12-31T12:00:00Z"), 400, "invalid_field",
+     "1990 to 2099", "application/json"),
     # --- prices and bars ---
     ("bar-high-below-low", bar(high=25670.0, low=25675.5), 400, "invalid_field", "high",
      "application/json"),
@@ -221,6 +244,10 @@ CASES = [
     ("batch-element-symbol-object",
      j(event_type="MFE_UPDATE_BATCH", signals=[{"trade_id": GOOD_ID, "symbol": {"t": 1}}]),
      400, "invalid_field", "signals[0].symbol", "application/json"),
+    ("batch-element-bad-trade_id",
+     j(event_type="MFE_UPDATE_BATCH",
+       signals=[{"trade_id": GOOD_ID, "no_be_mfe": 0.2}, {"trade_id": "garbage"}]),
+     400, "invalid_trade_id", "signals[1].trade_id: 'garbage'", "application/json"),
     ("batch-signals-not-a-list", j(event_type="MFE_UPDATE_BATCH", signals="none"), 400,
      "invalid_field", "signals", "application/json"),
     ("batch-without-signals", j(event_type="MFE_UPDATE_BATCH", timestamp="2025-12-15T10:05:00"),

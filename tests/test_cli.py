@@ -32,6 +32,42 @@ def test_rebuild_of_a_live_database_gives_identical_derived_tables(server, run_c
     assert derived(db_path) == live
 
 
+def test_rebuild_leaves_out_an_event_an_older_version_accepted_and_passes_run_again(
+        run_cli, tmp_path):
+    """Before 0.5.7 a trade_id dated year 1 was accepted, its id_time stored as
+    "1-01-01T04:56:02.000Z", and every reconciliation pass failed on it from then on. The
+    event cannot leave the append-only log; rebuild leaves it out of the signals, and the
+    passes run again."""
+    db_path = tmp_path / "old.db"
+    good, bad = "20251215_094200000_BULLISH", "00010101_000000000_BULLISH"
+    with open_database(db_path) as db:
+        sigsync.demo(db, start=START)
+        body = {"event_type": "SIGNAL_CREATED", "trade_id": good, "direction": "Bullish",
+                "symbol": "MNQ1!"}
+        sigsync.ingest(db, json.dumps(body).encode(), now=START)
+        with db.write() as conn:           # what 0.5.6 stored for the year-1 id
+            conn.execute("UPDATE events SET trade_id = ?, payload = replace(payload, ?, ?) "
+                         "WHERE trade_id = ?", (bad, good, bad, good))
+            conn.execute("UPDATE signals SET trade_id = ?, id_time = '1-01-01T04:56:02.000Z' "
+                         "WHERE trade_id = ?", (bad, good))
+        n_events = db.query("SELECT count(*) AS n FROM events")[0]["n"]
+        n_signals = db.query("SELECT count(*) AS n FROM signals")[0]["n"]
+    code, out, err = run_cli("sync", "--db", db_path, "--full")
+    assert code != 0 and "Invalid isoformat string" in out + err
+    code, out, err = run_cli("rebuild", "--db", db_path)
+    assert code == 0, err
+    assert out.startswith(f"rebuilt {n_signals - 1} signals from {n_events - 1} events")
+    assert "1 events left out: this version refuses them" in out
+    assert "out of range" in err
+    code, out, err = run_cli("sync", "--db", db_path, "--full")
+    assert code == 0 and ": ok" in out, out + err
+    with open_database(db_path) as db:
+        assert db.query("SELECT count(*) AS n FROM events WHERE trade_id = ?", (bad,))[0][
+            "n"] == 1
+        assert db.query("SELECT count(*) AS n FROM signals WHERE trade_id = ?", (bad,))[0][
+            "n"] == 0
+
+
 def test_demo_fills_every_status(run_cli, tmp_path):
     db_path = tmp_path / "demo.db"
     code, out, err = run_cli("demo", "--db", db_path, "--start", "2025-12-15T13:30:00Z")
@@ -101,9 +137,11 @@ def test_replay_rejected_reports_what_now_passes(run_cli, tmp_path):
 
 def test_errors_print_one_line_and_exit_non_zero(run_cli, tmp_path):
     bad = tmp_path / "no-such-dir" / "x.db"
-    code, out, err = run_cli("rebuild", "--db", bad)
+    code, out, err = run_cli("demo", "--db", bad)      # a command that may create one
     assert code == 1
     assert err.startswith("error: cannot open database") and "Traceback" not in err
+    code, out, err = run_cli("rebuild", "--db", bad)   # one that needs it to exist
+    assert (code, err.strip()) == (1, f"error: no database at {bad}")
     # A typo in a filter is an error, not "0 open gaps" (the API answers it 400).
     with open_database(tmp_path / "g.db"):
         pass                                        # an empty database
@@ -175,3 +213,28 @@ def test_demo_break_even_leg_stops_gaining_once_it_is_stopped(tmp_path):
             assert t["be_mfe"] == json.loads(be_exit[0]["payload"])["be_mfe"], t["trade_id"]
             assert t["be_mfe"] <= t["no_be_mfe"]
         assert any(t["be_mfe"] < t["no_be_mfe"] for t in stopped)   # some ran on after BE
+
+
+def test_operator_mistakes_get_one_error_line_and_create_nothing(run_cli, tmp_path):
+    """A mistyped database path, a missing import file, a port already taken: `error: ...`
+    and exit 1, no traceback, and no new empty database that would make a cron job's `sync`
+    or `export` report success on nothing (before 0.5.7 these four commands created one)."""
+    import socket
+    missing = tmp_path / "typo.db"
+    for args in (("sync",), ("rebuild",), ("replay-rejected",),
+                 ("export", "--signals", tmp_path / "s.csv")):
+        code, out, err = run_cli(*args, "--db", missing)
+        assert (code, err.strip()) == (1, f"error: no database at {missing}"), (args, out, err)
+        assert not missing.exists(), args
+    code, out, err = run_cli("import", "--db", missing, tmp_path / "nowhere.ndjson")
+    assert code == 1 and err.strip() == (f"error: cannot read {tmp_path / 'nowhere.ndjson'}: "
+                                         "No such file or directory"), err
+    assert not missing.exists()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, out, err = run_cli("serve", "--db", tmp_path / "s.db", "--port", port,
+                                 timeout=60)
+    assert code == 1 and "Traceback" not in err, err
+    assert f"error: cannot listen on 127.0.0.1:{port}: Address already in use" in err

@@ -234,6 +234,21 @@ def test_secret_is_removed_from_the_payload_and_masked_in_the_raw_body(db, clock
     assert "secret" not in payload
 
 
+def test_a_secret_nested_anywhere_is_kept_out_of_the_event_as_out_of_the_raw_body(db, clock):
+    """mask_secret hides a "secret" at any depth of the raw body; the payload kept the nested
+    ones in clear before 0.5.7 (only the top level, the wrapper and batch elements were
+    stripped)."""
+    raw = json.dumps({"event_type": "MFE_UPDATE_BATCH", "secret": "top1", "signals": [
+        {"trade_id": ENTRY["trade_id"], "no_be_mfe": 0.4, "setup": {"secret": "deep2"},
+         "notes": [{"secret": "deeper3", "keep": 1}]}]}).encode()
+    sigsync.ingest(db, raw, now=clock.now())
+    stored = bytes(db.query("SELECT raw_body FROM requests")[0]["raw_body"])
+    assert not any(s in stored for s in (b"top1", b"deep2", b"deeper3"))
+    text = db.query("SELECT payload FROM events")[0]["payload"]
+    assert not any(s in text for s in ("top1", "deep2", "deeper3", "secret")), text
+    assert json.loads(text)["notes"] == [{"keep": 1}]
+
+
 def test_identical_event_is_acknowledged_as_duplicate_and_not_counted_twice(db, clock):
     first = sigsync.ingest(db, body(**ENTRY), now=clock.now())
     clock.advance(5)

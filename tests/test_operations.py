@@ -118,12 +118,23 @@ def test_import_of_raw_bodies_is_idempotent(tmp_path, run_cli):
     lines = [json.dumps({"event_type": "ENTRY", "trade_id": "20251215_094200000_BULLISH",
                          "direction": "Bullish", "entry_price": 25683.5}),
              '{"broken',
-             json.dumps({"event_type": "HEARTBEAT", "timestamp": "2025-12-15T10:00:00"})]
+             json.dumps({"event_type": "HEARTBEAT", "timestamp": "2025-12-15T10:00:00"}),
+             json.dumps({"event_type": "MFE_UPDATE_BATCH", "signals": []})]   # no events
     (tmp_path / "raw.ndjson").write_text("\n".join(lines) + "\n")
     code, out, _ = run_cli("import", "--db", tmp_path / "r.db", tmp_path / "raw.ndjson")
-    assert code == 1 and "3 lines, 2 stored, 0 already there, 1 rejected" in out
-    code, out, _ = run_cli("import", "--db", tmp_path / "r.db", tmp_path / "raw.ndjson")
-    assert "0 stored, 2 already there, 1 rejected" in out
+    assert code == 1 and "4 lines, 3 stored, 0 already there, 1 rejected" in out
+
+    def held():
+        with open_database(tmp_path / "r.db") as db:
+            return [db.query(f"SELECT count(*) AS n FROM {t}")[0]["n"]
+                    for t in ("requests", "events", "rejected", "sync_runs")]
+
+    first = held()
+    assert first == [3, 2, 1, 1]
+    for _ in range(2):      # again and again: nothing new, not even a dead letter or a pass
+        code, out, _ = run_cli("import", "--db", tmp_path / "r.db", tmp_path / "raw.ndjson")
+        assert code == 1 and "0 stored, 3 already there, 1 rejected" in out
+        assert held() == first
 
 
 def test_check_finds_a_derived_row_that_disagrees_with_the_log(tmp_path, run_cli):

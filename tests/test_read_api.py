@@ -134,6 +134,13 @@ def test_all_signals_one_row_per_signal_newest_first_with_the_summary(loaded):
     ("since=2025-12-15T12:00:00Z&until=2025-12-16T00:00:00Z",
      lambda s: dt.datetime(2025, 12, 15, 12, tzinfo=dt.timezone.utc) <= s["utc"]
      < dt.datetime(2025, 12, 16, tzinfo=dt.timezone.utc)),
+    # bounds beyond the stored years mean "from the start" and "to the end" (before 0.5.7:
+    # since=0999-01-01 matched nothing, compared as text, and until=9999-12-31 was a 500)
+    ("since=0999-01-01&until=9999-12-31", lambda s: True),
+    ("since=2025-12-15&until=9999-12-31T23:00:00-05:00",
+     lambda s: s["local"].date() >= dt.date(2025, 12, 15)),
+    ("since=0001-01-01T00:00:00%2B01:00&until=2025-12-15",
+     lambda s: s["local"].date() <= dt.date(2025, 12, 15)),
     ("status=confirmed&direction=Bullish&symbol=MNQ1!",
      lambda s: s["status"] in ("ACTIVE", "EXITED") and s["direction"] == "Bullish"
      and s["symbol"] == "MNQ1!"),
@@ -229,6 +236,8 @@ def test_cancelled_signals_lists_only_cancelled_ones_with_who_why_and_how_sure(l
     mes = loaded.get(CANCELLED + "?symbol=MES1!").json()["signals"]
     assert {r["trade_id"] for r in mes} == {s["trade_id"] for s in expected
                                             if s["symbol"] == "MES1!"}
+    wide = get_all(loaded, CANCELLED, limit=4, until="9999-12-31")[0]
+    assert [r["trade_id"] for r in wide] == newest_first(expected)
     r = loaded.get(CANCELLED + "?status=pending")
     assert r.status == 400 and r.json()["error"]["code"] == "bad_request"
 
@@ -300,6 +309,11 @@ def test_bars_by_symbol_and_time_range(db, clock, config):
     assert [b["time"] for b in body["bars"]] == [f"2025-12-15T15:0{m}:00.000Z" for m in (1, 2, 3)]
     assert body["bars"][0] == {"time": "2025-12-15T15:01:00.000Z", "timeframe": "1", "open": 101,
                                "high": 103, "low": 100, "close": 102}
+    body = app.get("/api/bars?symbol=MNQ1!&since=2025-12-15T15:01:00Z&until=9999-12-31").json()
+    assert body["count"] == 4
+    body = app.get("/api/bars?symbol=MNQ1!&since=0001-01-01&until=9999-12-31T23:00:00-05:00"
+                   ).json()
+    assert body["count"] == 5
     assert app.get("/api/bars?symbol=ES1!").json()["bars"] == []
     r = app.get("/api/bars")
     assert r.status == 400 and r.json()["error"]["message"].startswith("symbol:")
@@ -319,6 +333,11 @@ def test_read_endpoints_need_the_read_token_beyond_loopback(db, clock, tmp_path)
         ok = app.get(path, headers={"Authorization": "Bearer r3ad"})
         assert ok.status == status, (path, ok.data)
     assert app.get(ALL + "?token=r3ad").status == 200
+    # liveness stays open to a probe without a token, and tells it nothing more than that
+    r = app.get("/healthz")
+    assert (r.status, r.json()) == (200, {"ok": True})
+    full = app.get("/healthz?token=r3ad").json()
+    assert full["version"] == sigsync.__version__ and full["loop"]["late"] is False
 
 
 @pytest.mark.parametrize("header", [{"X-Forwarded-For": "203.0.113.9"},

@@ -365,6 +365,10 @@ def test_an_estimated_mfe_of_one_r_arms_the_break_even_leg_and_its_stop(db, cloc
     sigsync.sync_once(db, now=clock.advance(10))
     row = signal_row(db, BULL)
     assert (row["no_be_mfe"], row["be_state"]) == (1.1, "TRIGGERED")
+    # `check` holds the row against the log, which has no excursion for this trade: the armed
+    # leg follows from the estimate, so it is not a disagreement (it reported one before 0.5.7)
+    report = sigsync.check(db, now=clock.now(), sample=1000)
+    assert report["ok"] and report["signals_checked"] == 2, report["problems"]
     clock.advance(60)
     send(db, clock, event_type="MFE_UPDATE", trade_id="20251215_090000000_BEARISH",
          symbol="MNQ1!", current_price=25630.0)       # then past the stop: BE stop crossed first
