@@ -176,14 +176,10 @@ CASES = [
     # a date the calendar allows but no TradingView alert can carry: before 0.5.7 year 1 was
     # stored with an id_time not in ISO form ("1-01-01T04:56:02.000Z"), which then broke every
     # reconciliation pass; year 9999 overflowed the time conversion into a 500
-    ("trade_id-year-1", entry(trade_id="00010101_000000000_BULLISH"), 400,
-     "invalid_trade_id", "out of range", "application/json"),
-    ("trade_id-year-999", entry(trade_id="09991231_093000000_BULLISH"), 400,
-     "invalid_trade_id", "out of range", "application/json"),
-    ("trade_id-year-1800", entry(trade_id="18000101_093000000_BULLISH"), 400,
-     "invalid_trade_id", "out of range", "application/json"),
-    ("trade_id-year-9999", entry(trade_id="99991231_230000000_BULLISH"), 400,
-     "invalid_trade_id", "out of range", "application/json"),
+    *[(f"trade_id-year-{stamp[:4]}", entry(trade_id=f"{stamp}_BULLISH"), 400,
+       "invalid_trade_id", "out of range", "application/json")
+      for stamp in ("00010101_000000000", "09991231_093000000", "18000101_093000000",
+                    "99991231_230000000")],
     ("missing-trade_id-ENTRY", entry(trade_id=DROP), 400, "missing_field", "trade_id",
      "application/json"),
     ("missing-trade_id-EXIT_SL", j(event_type="EXIT_SL", exit_price=25645.0), 400,
@@ -210,16 +206,16 @@ CASES = [
      "application/json"),
     # the ends of the calendar, with and without an offset (a 500 before 0.5.7: the time-zone
     # conversion overflowed before the range check could refuse them)
-    ("time-year-9999-new-york", entry(event_timestamp="9999-12-31T23:00:00"), 400,
-     "invalid_field", "out of range", "application/json"),
-    ("time-year-9999-offset", entry(event_timestamp="9999-12-31T23:00:00-05:00"), 400,
-     "invalid_field", "event_timestamp", "application/json"),
-    ("time-year-1-offset", entry(event_timestamp="0001-01-01T00:00:00+01:00"), 400,
-     "invalid_field", "event_timestamp", "application/json"),
-    ("bar-time-year-9999-offset", bar(time="9999-12-31T23:00:00-05:00"), 400,
-     "invalid_field", "time", "application/json"),
-    ("time-1989", entry(event_timestamp="1989-12-31T12:00:00Z"), 400, "invalid_field",
-     "1990 to 2099", "application/json"),
+    *[(f"time-{name}", build(stamp), 400, "invalid_field", text, "application/json")
+      for name, build, stamp, text in (
+          ("year-9999-new-york", lambda t: entry(event_timestamp=t), "9999-12-31T23:00:00",
+           "out of range"),
+          ("year-9999-offset", lambda t: entry(event_timestamp=t), "9999-12-31T23:00:00-05:00",
+           "event_timestamp"),
+          ("year-1-offset", lambda t: entry(event_timestamp=t), "0001-01-01T00:00:00+01:00",
+           "event_timestamp"),
+          ("bar-year-9999-offset", lambda t: bar(time=t), "9999-12-31T23:00:00-05:00", "time"),
+          ("1989", lambda t: entry(event_timestamp=t), "1989-12-31T12:00:00Z", "1990 to 2099"))],
     # --- prices and bars ---
     ("bar-high-below-low", bar(high=25670.0, low=25675.5), 400, "invalid_field", "high",
      "application/json"),
