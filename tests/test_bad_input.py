@@ -215,7 +215,8 @@ CASES = [
           ("year-1-offset", lambda t: entry(event_timestamp=t), "0001-01-01T00:00:00+01:00",
            "event_timestamp"),
           ("bar-year-9999-offset", lambda t: bar(time=t), "9999-12-31T23:00:00-05:00", "time"),
-          ("1989", lambda t: entry(event_timestamp=t), "1989-12-31T12:00:00Z", "1990 to 2099"))],
+          ("1989", lambda t: entry(event_timestamp=t), "1989-12-31T12:00:00Z",
+           "1990-01-01 to 2099-12-31 UTC"))],
     # --- prices and bars ---
     ("bar-high-below-low", bar(high=25670.0, low=25675.5), 400, "invalid_field", "high",
      "application/json"),

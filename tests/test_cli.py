@@ -54,6 +54,9 @@ def test_rebuild_leaves_out_an_event_an_older_version_accepted_and_passes_run_ag
         n_signals = db.query("SELECT count(*) AS n FROM signals")[0]["n"]
     code, out, err = run_cli("sync", "--db", db_path, "--full")
     assert code != 0 and "Invalid isoformat string" in out + err
+    code, out, err = run_cli("check", "--db", db_path, "--sample", "1000")
+    assert code == 1 and f"problem: {bad}: this version refuses its events (trade_id: " in out
+    assert "run `sigsync.py rebuild`" in out and out.strip().endswith("1 problems")
     code, out, err = run_cli("rebuild", "--db", db_path)
     assert code == 0, err
     assert out.startswith(f"rebuilt {n_signals - 1} signals from {n_events - 1} events")
@@ -61,6 +64,8 @@ def test_rebuild_leaves_out_an_event_an_older_version_accepted_and_passes_run_ag
     assert "out of range" in err
     code, out, err = run_cli("sync", "--db", db_path, "--full")
     assert code == 0 and ": ok" in out, out + err
+    code, out, err = run_cli("check", "--db", db_path, "--sample", "1000")
+    assert code == 0 and out.strip().endswith("ok"), out
     with open_database(db_path) as db:
         assert db.query("SELECT count(*) AS n FROM events WHERE trade_id = ?", (bad,))[0][
             "n"] == 1

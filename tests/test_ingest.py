@@ -114,6 +114,27 @@ def test_legacy_six_digit_trade_id_is_accepted():
     assert moment == z("2025-11-05T15:03:00Z")
 
 
+@pytest.mark.parametrize("stamp, accepted", [
+    # 1990-01-01 00:00 UTC is 1989-12-31 19:00 in New York (EST), 2100-01-01 00:00 UTC
+    # 2099-12-31 19:00: the range is of UTC instants, at the millisecond
+    ("19891231_185959999", False), ("19891231_190000000", True),
+    ("20991231_185959999", True), ("20991231_190000000", False)])
+def test_trade_ids_and_times_are_held_to_1990_2099_utc_at_the_boundary(stamp, accepted):
+    naive = (f"{stamp[:4]}-{stamp[4:6]}-{stamp[6:8]}T{stamp[9:11]}:{stamp[11:13]}:"
+             f"{stamp[13:15]}.{stamp[15:]}")
+    for parse in (lambda: sigsync.parse_trade_id(stamp + "_BULLISH")[0],
+                  lambda: sigsync.parse_time(naive, "event_timestamp")[0]):
+        if accepted:
+            assert sigsync._TIME_MIN <= parse() < sigsync._TIME_MAX
+        else:
+            with pytest.raises(sigsync.Rejected, match="out of range .1990-01-01 to 2099-12-31"):
+                parse()
+    # with an offset the same instant is named in another year, and is held the same way
+    assert sigsync.parse_time("2100-01-01T00:59:59+01:00", "t")[0] == z("2099-12-31T23:59:59Z")
+    with pytest.raises(sigsync.Rejected):
+        sigsync.parse_time("1990-01-01T00:30:00+01:00", "t")
+
+
 @pytest.mark.parametrize("bad", ["2,025001110_083300_BULLISH", "20251332_094200000_BULLISH",
                                  "20251215_256200000_BULLISH", "20251215_094200000_LONG",
                                  "20251215_0942_BULLISH", "20251215_094200000_bullish", "",

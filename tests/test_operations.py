@@ -119,10 +119,11 @@ def test_import_of_raw_bodies_is_idempotent(tmp_path, run_cli):
                          "direction": "Bullish", "entry_price": 25683.5}),
              '{"broken',
              json.dumps({"event_type": "HEARTBEAT", "timestamp": "2025-12-15T10:00:00"}),
-             json.dumps({"event_type": "MFE_UPDATE_BATCH", "signals": []})]   # no events
+             json.dumps({"event_type": "MFE_UPDATE_BATCH", "signals": []}),   # no events
+             '{"broken']                    # the same refused line twice: one dead letter
     (tmp_path / "raw.ndjson").write_text("\n".join(lines) + "\n")
     code, out, _ = run_cli("import", "--db", tmp_path / "r.db", tmp_path / "raw.ndjson")
-    assert code == 1 and "4 lines, 3 stored, 0 already there, 1 rejected" in out
+    assert code == 1 and "5 lines, 3 stored, 0 already there, 2 rejected" in out
 
     def held():
         with open_database(tmp_path / "r.db") as db:
@@ -133,7 +134,7 @@ def test_import_of_raw_bodies_is_idempotent(tmp_path, run_cli):
     assert first == [3, 2, 1, 1]
     for _ in range(2):      # again and again: nothing new, not even a dead letter or a pass
         code, out, _ = run_cli("import", "--db", tmp_path / "r.db", tmp_path / "raw.ndjson")
-        assert code == 1 and "0 stored, 3 already there, 1 rejected" in out
+        assert code == 1 and "0 stored, 3 already there, 2 rejected" in out
         assert held() == first
 
 

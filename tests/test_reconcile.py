@@ -369,6 +369,12 @@ def test_an_estimated_mfe_of_one_r_arms_the_break_even_leg_and_its_stop(db, cloc
     # leg follows from the estimate, so it is not a disagreement (it reported one before 0.5.7)
     report = sigsync.check(db, now=clock.now(), sample=1000)
     assert report["ok"] and report["signals_checked"] == 2, report["problems"]
+    with db.write() as conn:           # but a state the estimate does not explain is reported
+        conn.execute("UPDATE signals SET be_state = 'STOPPED' WHERE trade_id = ?", (BULL,))
+    assert sigsync.check(db, now=clock.now(), sample=1000)["problems"] == [
+        f"{BULL}.be_state: stored 'STOPPED', log says 'NONE'"]
+    with db.write() as conn:
+        conn.execute("UPDATE signals SET be_state = 'TRIGGERED' WHERE trade_id = ?", (BULL,))
     clock.advance(60)
     send(db, clock, event_type="MFE_UPDATE", trade_id="20251215_090000000_BEARISH",
          symbol="MNQ1!", current_price=25630.0)       # then past the stop: BE stop crossed first
