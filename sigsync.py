@@ -3016,17 +3016,14 @@ def import_lines(db, lines, *, now, progress=None, limits=None):
             meta = {"peer": data.get("peer"), "content_type": data.get("content_type"),
                     "path": data.get("path") or "/import"}
             known = "request"
-        elif isinstance(data, dict) and data.get("signals") == [] and db.query(
-                "SELECT 1 FROM requests WHERE source = 'import' AND raw_body = ? LIMIT 1",
-                (bytes(mask_secret(raw)),)):
-            # A raw body with no events at all (an empty MFE batch) that an earlier import
-            # stored: "all its events are stored" says nothing, so the body is looked up (a
-            # read, outside the writer lock; only for such lines).
-            counts["known"] += 1
-            if progress:
-                progress(number, counts)
-            continue
         try:
+            if known == "events" and isinstance(data, dict) and data.get("signals") == [] \
+                    and db.query("SELECT 1 FROM requests WHERE source = 'import' AND "
+                                 "raw_body = ? LIMIT 1", (bytes(mask_secret(raw)),)):
+                # A raw body with no events at all (an empty MFE batch) that an earlier import
+                # stored: "all its events are stored" says nothing, so the body is looked up
+                # (a read, outside the writer lock; only for such lines).
+                raise AlreadyStored()
             ingest(db, raw, now=received, source="import", skip_known=known,
                    **{"path": "/import", **meta})
             counts["stored"] += 1
